@@ -1,0 +1,3 @@
+"""portmapper: a reverse TCP tunnel on Twisted."""
+
+__version__ = "0.1.0"

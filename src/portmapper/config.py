@@ -1,0 +1,269 @@
+"""
+Settings: built-in defaults, overridden by a ``--config`` INI file, overridden
+by command-line options.
+
+``tap.conf`` holds a ``[server]`` and a ``[client]`` section; each key is the
+long option's name (``client_port`` or ``client-port``).  Every value is
+checked here, so a bad one is reported as one sentence naming the key
+(a ``usage.UsageError``, which twistd prints and exits non-zero on) before
+anything starts.
+"""
+
+import configparser
+import ipaddress
+import os
+
+import attr
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.python import usage
+
+from portmapper.protocol.mux import DEFAULT_WINDOW, HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT
+
+
+@attr.s(frozen=True)
+class ServerSettings:
+    client_port = attr.ib(default="tcp:1111")
+    admin = attr.ib(default="tcp:8080:interface=127.0.0.1")
+    public_interface = attr.ib(default="0.0.0.0")
+    data_dir = attr.ib(default="portmapper-data")
+    token = attr.ib(default="")
+    admin_token = attr.ib(default=None)
+    window = attr.ib(default=DEFAULT_WINDOW)
+    ping_interval = attr.ib(default=PING_INTERVAL)
+    ping_timeout = attr.ib(default=PING_TIMEOUT)
+    handshake_timeout = attr.ib(default=HANDSHAKE_TIMEOUT)
+    open_timeout = attr.ib(default=15.0)
+    sample_interval = attr.ib(default=1.0)
+    history_max_rows = attr.ib(default=100_000)
+    history_max_age = attr.ib(default=30 * 86400.0)
+
+
+@attr.s(frozen=True)
+class ClientSettings:
+    server = attr.ib(default="tcp:host=127.0.0.1:port=1111")
+    tag = attr.ib(default="default")
+    token = attr.ib(default="")
+    allow = attr.ib(default=None)  # an AllowList, or None for any target
+    window = attr.ib(default=DEFAULT_WINDOW)
+    connect_timeout = attr.ib(default=10.0)
+    ping_interval = attr.ib(default=PING_INTERVAL)
+    ping_timeout = attr.ib(default=PING_TIMEOUT)
+    handshake_timeout = attr.ib(default=HANDSHAKE_TIMEOUT)
+
+
+@attr.s(frozen=True)
+class AllowList:
+    """
+    Targets a client may open: ``NET:PORTS`` rules separated by spaces or
+    semicolons, e.g. ``192.168.0.0/16:22,80 10.0.0.5:*``.  NET is an address
+    or network (IPv4 or IPv6 in brackets), or a host name matched exactly;
+    PORTS is ``*`` or a comma-separated list of ports and ranges (``8000-8099``).
+    """
+
+    rules = attr.ib()  # [(network or host name, [(low, high)] or None)]
+
+    @classmethod
+    def parse(cls, text):
+        rules = []
+        for rule in text.replace(";", " ").split():
+            where, sep, ports = rule.rpartition(":")
+            if not sep or not where:
+                raise ValueError(f"rule {rule!r} is not NET:PORTS")
+            where = where.strip("[]")
+            try:
+                net = ipaddress.ip_network(where, strict=False)
+            except ValueError:
+                if not _is_hostname(where):
+                    raise ValueError(f"{where!r} is not an address, network or host name")
+                net = where.lower()
+            rules.append((net, None if ports == "*" else _parse_ports(ports)))
+        if not rules:
+            raise ValueError("no rules given")
+        return cls(rules)
+
+    def allows(self, host, port):
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        for net, ports in self.rules:
+            if isinstance(net, str):
+                if net != host.lower():
+                    continue
+            elif address is None or address not in net:
+                continue
+            if ports is None or any(low <= port <= high for low, high in ports):
+                return True
+        return False
+
+
+def _parse_ports(text):
+    ranges = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        low, high = _port(low), _port(high or low)
+        if low > high:
+            raise ValueError(f"port range {part!r} is backwards")
+        ranges.append((low, high))
+    return ranges
+
+
+def _port(text):
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
+
+
+def _is_hostname(name):
+    labels = name.rstrip(".").split(".")
+    return 0 < len(name) <= 253 and all(
+        0 < len(label) <= 63 and label.replace("-", "").isalnum() and not label.startswith("-")
+        for label in labels)
+
+
+# -- value checkers: text -> value, ValueError with the reason -------------
+
+def _server_endpoint(text):
+    serverFromString(None, text)  # parses only; nothing listens
+    return text
+
+
+def _client_endpoint(text):
+    clientFromString(None, text)
+    return text
+
+
+def _address(text):
+    ipaddress.ip_address(text)
+    return text
+
+
+def _positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _tag(text):
+    if not 1 <= len(text) <= 64 or not all(c.isalnum() or c in "_.:-" for c in text):
+        raise ValueError("must be 1 to 64 letters, digits or '_.:-'")
+    return text
+
+
+def _text(text):
+    return text
+
+
+def _window(text):
+    value = _positive_int(text)
+    if not 16 * 1024 <= value <= 64 * 1024 * 1024:
+        raise ValueError("must be from 16384 to 67108864 bytes")
+    return value
+
+
+# name -> (checker, help)
+SERVER_KEYS = {
+    "client_port": (_server_endpoint, "Endpoint tunnel clients connect to."),
+    "admin": (_server_endpoint, "Endpoint of the admin JSON API."),
+    "public_interface": (_address, "Address the mapped public ports listen on."),
+    "data_dir": (_text, "Directory for the SQLite database (mappings, history)."),
+    "token": (_text, "Shared secret clients must prove they know."),
+    "admin_token": (_text, "Bearer token the admin API requires (needed off loopback)."),
+    "window": (_window, "Per-channel flow-control window, bytes."),
+    "ping_interval": (_positive_float, "Seconds of link silence before a ping."),
+    "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),
+    "open_timeout": (_positive_float, "Seconds a channel may wait for its target."),
+    "sample_interval": (_positive_float, "Seconds between traffic statistics samples."),
+    "history_max_rows": (_positive_int, "Closed channels kept in history."),
+    "history_max_age": (_positive_float, "Seconds closed channels are kept in history."),
+}
+
+CLIENT_KEYS = {
+    "server": (_client_endpoint, "Endpoint of the server's client port."),
+    "tag": (_tag, "Tag announced to the server; mappings pick clients by tag."),
+    "token": (_text, "Shared secret (the server's --token)."),
+    "allow": (AllowList.parse, "Targets this client may open, e.g. '192.168.0.0/16:22,80'."),
+    "window": (_window, "Per-channel flow-control window, bytes."),
+    "connect_timeout": (_positive_float, "Seconds to wait for a target to accept."),
+    "ping_interval": (_positive_float, "Seconds of link silence before a ping."),
+    "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),
+}
+
+
+def make_options(section, keys, settings_type):
+    """A twistd ``usage.Options`` class for ``keys``, building ``settings_type``."""
+
+    defaults = settings_type()
+
+    class Options(usage.Options):
+        optParameters = [
+            ["config", "c", None, "INI file with a [%s] section; options given here win." % section],
+        ] + [
+            [name.replace("_", "-"), None, None,
+             f"{help} [default: {_show(getattr(defaults, name))}]"]
+            for name, (check, help) in keys.items()
+        ]
+
+        def postOptions(self):
+            self.settings = load_settings(
+                section, keys, settings_type, self["config"],
+                {name: self[name.replace("_", "-")] for name in keys})
+
+    return Options
+
+
+def _show(value):
+    return "none" if value is None else value
+
+
+def load_settings(section, keys, settings_type, config_path, given):
+    """
+    Merge defaults, the config file's ``[section]`` and ``given`` (option
+    values, None where not given) into ``settings_type``; raise
+    ``usage.UsageError`` naming the bad key.
+    """
+    raw = {}
+    if config_path:
+        raw.update(_read_ini(config_path, section, keys))
+    raw.update({name: value for name, value in given.items() if value is not None})
+    values = {}
+    for name, text in raw.items():
+        check = keys[name][0]
+        try:
+            values[name] = check(text.strip())
+        except ValueError as e:
+            raise usage.UsageError(f"Bad value {text!r} for {name.replace('_', '-')}: {e}.")
+    return settings_type(**values)
+
+
+def _read_ini(path, section, keys):
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except OSError as e:
+        raise usage.UsageError(f"Cannot read config file {path}: {e.strerror}.")
+    except (configparser.Error, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0]
+        raise usage.UsageError(f"Config file {path} is not a valid INI file: {first}.")
+    if not parser.has_section(section):
+        return {}
+    raw = {}
+    for key, value in parser.items(section):
+        name = key.replace("-", "_")
+        if name not in keys:
+            raise usage.UsageError(
+                f"Unknown key {key!r} in section [{section}] of {path}; "
+                f"known keys: {', '.join(sorted(keys))}.")
+        raw[name] = value
+    return raw
+
+
