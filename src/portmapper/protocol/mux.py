@@ -1,0 +1,519 @@
+"""
+Channels over one tunnel link: the part both ends share.
+
+:class:`Link` is a ``Protocol`` for the link's TCP (or TLS) connection.  It
+decodes frames, runs the per-channel flow control and keepalive, and leaves
+the handshake and the opening of channels to its subclasses (the server's
+and the client's links).  :class:`ChannelEnd` is the ``Protocol`` of a local
+TCP connection whose bytes travel over a channel: the public user's
+connection on the server, the target connection on the client.
+
+Flow control, per channel and per direction, is credit based: the sender
+may have at most ``window`` bytes that the receiver has not yet given back.
+The receiver gives credit back (WINDOW frames, in batches of a quarter of the
+window) once the bytes are written to the local socket and that socket's
+write buffer is not full; while it is full (its transport paused us, the
+channel's producer), credit is held back.  A sender out of credit stops
+reading from its local socket.  So a reader that never reads holds at most
+one window plus socket buffers on the far end, and stalls only its own
+channel.  When the link's own write buffer fills, the channels that write to
+it stop reading too, until it drains.
+
+Nothing here imports a reactor: time comes from the ``clock`` given.
+"""
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from portmapper.protocol import frames
+from portmapper.protocol.frames import (
+    DATA, FIN, GOAWAY, MAX_DATA, OPEN, OPEN_FAIL, OPEN_OK, PING, PONG, RESET,
+    WINDOW, ProtocolError,
+)
+
+DEFAULT_WINDOW = 256 * 1024
+PING_INTERVAL = 10.0
+PING_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_MAX_CONTROL = 512  # the largest frame accepted before the handshake is done
+
+log = Logger()
+
+
+def set_nodelay(transport):
+    """Turn off Nagle's algorithm on ``transport`` if it is TCP underneath."""
+    try:
+        transport.setTcpNoDelay(True)
+    except (AttributeError, OSError):
+        pass
+
+
+class _Counter:
+    """Byte counts of a link that nobody meters (the client's)."""
+
+    __slots__ = ("recv_bytes", "send_bytes")
+
+    def __init__(self):
+        self.recv_bytes = 0
+        self.send_bytes = 0
+
+
+@implementer(IPushProducer)
+class ChannelState:
+    """
+    One channel's flow-control state at one end of the link.
+
+    It is also the streaming producer registered on the local connection's
+    transport, which is how the link learns that the local socket's write
+    buffer is full (``pauseProducing``) or drained (``resumeProducing``).
+    """
+
+    __slots__ = (
+        "id", "link", "end", "send_credit", "recv_window", "recv_outstanding",
+        "credit_pending", "credit_batch", "pending", "write_paused", "reading",
+        "credit_blocked", "link_blocked", "read_eof", "fin_pending", "fin_sent",
+        "fin_received", "closed",
+    )
+
+    def __init__(self, channel_id, link, end, recv_window, send_credit=0, reading=True):
+        self.id = channel_id
+        self.link = link
+        self.end = end  # the ChannelEnd (local connection)
+        self.send_credit = send_credit  # bytes we may still send
+        self.recv_window = recv_window  # bytes the peer may have outstanding
+        self.recv_outstanding = 0  # received and not yet credited back
+        self.credit_pending = 0  # written locally, credit not yet sent
+        self.credit_batch = max(1, recv_window // 4)
+        self.pending = []  # data waiting for credit
+        self.write_paused = False  # local transport's write buffer is full
+        self.reading = reading  # local transport is reading
+        self.credit_blocked = False  # reading paused: out of credit
+        self.link_blocked = False  # reading paused: link write buffer full
+        self.read_eof = False
+        self.fin_pending = False  # FIN to send once pending data is out
+        self.fin_sent = False
+        self.fin_received = False
+        self.closed = False
+
+    # IPushProducer, driven by the local transport's write buffer
+    def pauseProducing(self):
+        self.write_paused = True
+
+    def resumeProducing(self):
+        self.write_paused = False
+        if self.credit_pending and not self.closed:
+            self.link._sendCredit(self)
+
+    def stopProducing(self):
+        self.write_paused = True
+
+
+class Link(Protocol):
+    """
+    The frame layer, channels, flow control and keepalive of a tunnel link.
+
+    Subclasses implement ``handshakeFrameReceived`` (frames before the link
+    is established) and whichever of ``openRequested``, ``openSucceeded`` and
+    ``openFailed`` their side accepts, and may override ``linkEstablished``
+    and ``linkClosed``.  They call ``establish()`` once the handshake is done.
+    """
+
+    def __init__(self, clock, window=DEFAULT_WINDOW, ping_interval=PING_INTERVAL,
+                 ping_timeout=PING_TIMEOUT, handshake_timeout=HANDSHAKE_TIMEOUT):
+        self.clock = clock
+        self.window = window
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.handshake_timeout = handshake_timeout
+        self.channels = {}  # channel id -> ChannelState
+        self.established = False
+        self.closed = False
+        self.protocol_error = False  # the link ended because the peer broke the protocol
+        self.meter = _Counter()
+        self.decoder = frames.FrameDecoder(
+            self._frameReceived, self._dataReceived, max_control=HANDSHAKE_MAX_CONTROL)
+        self._paused = False  # our transport's write buffer is full
+        self._link_blocked = []  # channels paused because of that
+        self._rx_seen = False
+        self._idle = 0.0
+        self._timers = {}
+        self._handlers = {
+            DATA: None, OPEN: self._onOpen, OPEN_OK: self._onOpenOk,
+            OPEN_FAIL: self._onOpenFail, WINDOW: self._onWindow, FIN: self._onFin,
+            RESET: self._onReset, PING: self._onPing, PONG: self._onPong,
+            GOAWAY: self._onGoaway,
+        }
+
+    # -- connection life -------------------------------------------------
+
+    def connectionMade(self):
+        set_nodelay(self.transport)
+        self.transport.registerProducer(self, True)
+        self._timers["handshake"] = self.clock.callLater(
+            self.handshake_timeout, self.fail, "the handshake did not finish in time")
+        self._timers["keepalive"] = self.clock.callLater(self.ping_interval, self._keepalive)
+
+    def establish(self):
+        """The handshake is done: accept channel frames from now on."""
+        self.established = True
+        self.decoder.max_control = frames.MAX_CONTROL
+        self._cancelTimer("handshake")
+        self.linkEstablished()
+
+    def connectionLost(self, reason):
+        self.closed = True
+        self.decoder.stopped = True
+        for name in list(self._timers):
+            self._cancelTimer(name)
+        channels, self.channels = self.channels, {}
+        for ch in channels.values():
+            ch.closed = True
+            ch.end.linkLost()
+        self.linkClosed(reason)
+
+    def fail(self, reason, ftype=GOAWAY):
+        """
+        End the link because of ``reason`` (one sentence), telling the peer
+        why in a GOAWAY (or, during the handshake, a REFUSE) frame.
+        """
+        if self.closed:
+            return
+        log.warn("tunnel link to {peer} ended: {reason}", peer=self._peerText(), reason=reason)
+        self.decoder.stopped = True
+        self.closed = True
+        self.transport.write(frames.reason_frame(ftype, 0, reason))
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        # A peer that never reads must not keep the connection open.
+        self._cancelTimer("keepalive")
+        self._timers["abort"] = self.clock.callLater(self.handshake_timeout, self._abort)
+
+    def _abort(self):
+        self._timers.pop("abort", None)
+        self.transport.abortConnection()
+
+    def _cancelTimer(self, name):
+        timer = self._timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _peerText(self):
+        try:
+            peer = self.transport.getPeer()
+            return f"{peer.host}:{peer.port}"
+        except Exception:
+            return "peer"
+
+    # -- hooks for subclasses ---------------------------------------------
+
+    def handshakeFrameReceived(self, ftype, payload):
+        raise NotImplementedError
+
+    def linkEstablished(self):
+        pass
+
+    def linkClosed(self, reason):
+        pass
+
+    def openRequested(self, channel_id, host, port, window):
+        raise ProtocolError("this end does not accept OPEN")
+
+    def openSucceeded(self, ch):
+        """OPEN_OK arrived for ``ch``; its send credit is set."""
+        raise ProtocolError("this end does not accept OPEN_OK")
+
+    def openFailed(self, ch, code, reason):
+        raise ProtocolError("this end does not accept OPEN_FAIL")
+
+    # -- keepalive --------------------------------------------------------
+
+    def _keepalive(self):
+        if self._rx_seen:
+            self._rx_seen = False
+            self._idle = 0.0
+        else:
+            self._idle += self.ping_interval
+        if self._idle >= self.ping_timeout:
+            self._timers.pop("keepalive", None)
+            self.fail(f"nothing heard for {self._idle:g} seconds")
+            return
+        if self._idle and self.established:
+            self.transport.write(frames.encode(PING, 0, b"\0" * 8))
+        self._timers["keepalive"] = self.clock.callLater(self.ping_interval, self._keepalive)
+
+    # -- receiving --------------------------------------------------------
+
+    def dataReceived(self, data):
+        self.meter.recv_bytes += len(data)
+        self._rx_seen = True
+        try:
+            self.decoder.feed(data)
+        except ProtocolError as e:
+            self.protocol_error = True
+            self.fail(f"protocol error: {e}")
+        except Exception:
+            log.failure("unexpected error handling frames from {peer}", peer=self._peerText())
+            self.fail("internal error")
+
+    def _frameReceived(self, ftype, channel_id, payload):
+        if not self.established:
+            self.handshakeFrameReceived(ftype, payload)
+            return
+        handler = self._handlers.get(ftype)
+        if handler is None:
+            raise ProtocolError(f"{frames.NAMES[ftype]} frame after the handshake")
+        handler(channel_id, payload)
+
+    def _dataReceived(self, channel_id, chunk):
+        ch = self.channels.get(channel_id)
+        if ch is None:
+            if not self.established:
+                raise ProtocolError("DATA frame before the handshake")
+            return  # a channel we closed; its RESET is on its way
+        n = len(chunk)
+        ch.recv_outstanding += n
+        if ch.recv_outstanding > ch.recv_window:
+            raise ProtocolError(f"channel {channel_id} sent beyond its window")
+        ch.end.deliver(chunk)
+        ch.credit_pending += n
+        if ch.credit_pending >= ch.credit_batch and not ch.write_paused:
+            self._sendCredit(ch)
+
+    def _onOpen(self, channel_id, payload):
+        window, host, port = frames.parse_open(payload)
+        if channel_id == 0 or channel_id in self.channels:
+            raise ProtocolError(f"OPEN for channel {channel_id}, which is in use")
+        self.openRequested(channel_id, host, port, window)
+
+    def _onOpenOk(self, channel_id, payload):
+        window = frames.parse_u32(payload, "OPEN_OK")
+        ch = self.channels.get(channel_id)
+        if ch is None:
+            return  # closed while opening; our RESET tells the peer
+        ch.send_credit = window
+        self.openSucceeded(ch)
+        self._resumeReading(ch)
+
+    def _onOpenFail(self, channel_id, payload):
+        code, reason = frames.parse_open_fail(payload)
+        ch = self.channels.pop(channel_id, None)
+        if ch is not None:
+            ch.closed = True
+            self.openFailed(ch, code, reason)
+
+    def _onWindow(self, channel_id, payload):
+        increment = frames.parse_u32(payload, "WINDOW")
+        ch = self.channels.get(channel_id)
+        if ch is None:
+            return
+        ch.send_credit += increment
+        if ch.pending:
+            self._flushPending(ch)
+        if ch.credit_blocked and ch.send_credit > 0 and not ch.pending:
+            ch.credit_blocked = False
+            self._resumeReading(ch)
+
+    def _onFin(self, channel_id, payload):
+        ch = self.channels.get(channel_id)
+        if ch is None or ch.fin_received:
+            return
+        ch.fin_received = True
+        ch.end.peerFinished()
+
+    def _onReset(self, channel_id, payload):
+        ch = self.channels.pop(channel_id, None)
+        if ch is not None:
+            ch.closed = True
+            ch.end.peerReset(frames.parse_reason(payload))
+
+    def _onPing(self, channel_id, payload):
+        self.transport.write(frames.encode(PONG, 0, payload[:8]))
+
+    def _onPong(self, channel_id, payload):
+        pass
+
+    def _onGoaway(self, channel_id, payload):
+        log.info("tunnel link to {peer} closed by the peer: {reason}",
+                 peer=self._peerText(), reason=frames.parse_reason(payload))
+        self.decoder.stopped = True
+        self.transport.loseConnection()
+
+    # -- sending, called by ChannelEnd and subclasses ----------------------
+
+    def addChannel(self, channel_id, end, send_credit=0, reading=True):
+        """Start tracking channel ``channel_id`` carried to/from ``end``."""
+        ch = ChannelState(channel_id, self, end, self.window, send_credit, reading)
+        self.channels[channel_id] = ch
+        end.channel = ch
+        end.link = self
+        end.transport.registerProducer(ch, True)
+        return ch
+
+    def sendData(self, ch, data):
+        """Send ``data`` read from ``ch``'s local connection, within its credit."""
+        n = len(data)
+        if n <= ch.send_credit and not ch.pending and n <= MAX_DATA:
+            ch.send_credit -= n
+            self.meter.send_bytes += n + 9
+            self.transport.writeSequence([frames.data_header(ch.id, n), data])
+            if ch.send_credit <= 0:
+                ch.credit_blocked = True
+                self._pauseReading(ch)
+            elif self._paused and not ch.link_blocked:
+                ch.link_blocked = True
+                self._link_blocked.append(ch)
+                self._pauseReading(ch)
+        else:
+            ch.pending.append(data)
+            self._flushPending(ch)
+            if ch.pending:
+                ch.credit_blocked = True
+                self._pauseReading(ch)
+
+    def _flushPending(self, ch):
+        """Send as much of ``ch``'s waiting data as its credit allows."""
+        pending = ch.pending
+        write = self.transport.writeSequence
+        while pending and ch.send_credit > 0:
+            data = pending[0]
+            n = min(len(data), ch.send_credit, MAX_DATA)
+            if n == len(data):
+                pending.pop(0)
+            else:
+                pending[0] = data[n:]
+                data = data[:n]
+            ch.send_credit -= n
+            self.meter.send_bytes += n + 9
+            write([frames.data_header(ch.id, n), data])
+        if not pending and ch.fin_pending:
+            self._writeFin(ch)
+
+    def sendFin(self, ch):
+        """``ch``'s local connection will send no more (its read side ended)."""
+        ch.read_eof = True
+        if ch.closed or ch.fin_sent:
+            return
+        if ch.pending:
+            ch.fin_pending = True
+        else:
+            self._writeFin(ch)
+
+    def _writeFin(self, ch):
+        ch.fin_pending = False
+        ch.fin_sent = True
+        self.transport.write(frames.encode(FIN, ch.id))
+
+    def localClosed(self, ch, reason):
+        """``ch``'s local connection is gone; forget the channel, telling the peer if needed."""
+        if ch.closed:
+            return
+        ch.closed = True
+        ch.pending = []
+        self.channels.pop(ch.id, None)
+        if not (ch.fin_sent and ch.fin_received) and not self.closed:
+            self.transport.write(frames.reason_frame(RESET, ch.id, reason))
+
+    def resetChannel(self, ch, reason):
+        """Close ``ch`` at both ends now (e.g. an operator's order)."""
+        self.localClosed(ch, reason)
+        ch.end.peerReset(reason)
+
+    def _sendCredit(self, ch):
+        n = ch.credit_pending
+        ch.credit_pending = 0
+        ch.recv_outstanding -= n
+        self.transport.write(frames.window_update(ch.id, n))
+
+    # -- reading on and off ------------------------------------------------
+
+    def _pauseReading(self, ch):
+        if ch.reading:
+            ch.reading = False
+            ch.end.transport.pauseProducing()
+
+    def _resumeReading(self, ch):
+        if (not ch.reading and not ch.credit_blocked and not ch.link_blocked
+                and not ch.read_eof and not ch.closed):
+            ch.reading = True
+            ch.end.transport.resumeProducing()
+
+    # IPushProducer for our own transport: its write buffer filled or drained.
+    def pauseProducing(self):
+        self._paused = True
+
+    def resumeProducing(self):
+        self._paused = False
+        blocked, self._link_blocked = self._link_blocked, []
+        for ch in blocked:
+            ch.link_blocked = False
+            self._resumeReading(ch)
+
+    def stopProducing(self):
+        self._paused = True
+
+
+@implementer(IHalfCloseableProtocol)
+class ChannelEnd(Protocol):
+    """
+    A local TCP connection whose bytes travel over a channel.
+
+    ``link`` and ``channel`` are set by ``Link.addChannel``.  ``meter``
+    counts the bytes read from (``recv_bytes``) and written to
+    (``send_bytes``) this connection.  Half-close is carried both ways: our
+    read side ending sends FIN; the peer's FIN shuts our write side; once
+    both are done the connection closes.
+    """
+
+    link = None
+    channel = None
+    meter = None
+    _read_eof = False
+    _write_eof = False
+
+    def connectionMade(self):
+        set_nodelay(self.transport)
+        if self.meter is None:
+            self.meter = _Counter()
+
+    def dataReceived(self, data):
+        self.meter.recv_bytes += len(data)
+        self.link.sendData(self.channel, data)
+
+    def readConnectionLost(self):
+        self._read_eof = True
+        if self.channel is not None:
+            self.link.sendFin(self.channel)
+        self._closeIfDone()
+
+    def writeConnectionLost(self):
+        self._write_eof = True
+        self._closeIfDone()
+
+    def _closeIfDone(self):
+        if self._read_eof and self._write_eof:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        if self.channel is not None:
+            self.link.localClosed(self.channel, f"connection lost: {reason.getErrorMessage()}")
+
+    # -- called by the link -------------------------------------------------
+
+    def deliver(self, data):
+        self.meter.send_bytes += len(data)
+        self.transport.write(data)
+
+    def peerFinished(self):
+        """The far end sent FIN: shut our write side once the buffer is out."""
+        self.transport.unregisterProducer()
+        self.transport.loseWriteConnection()
+
+    def peerReset(self, reason):
+        """The far end is gone: drop the connection now."""
+        self.transport.abortConnection()
+
+    def linkLost(self):
+        """The link died under this channel."""
+        self.transport.abortConnection()
