@@ -1,0 +1,226 @@
+"""
+The running server: what the admin API and the links act on.
+
+``PortMapperServer`` is a twisted ``Service``.  Starting it opens the store,
+brings back the stored mappings (each listening again), listens for tunnel
+clients and for the admin API, and starts the statistics sampler; ``ready``
+fires once all of that is done.  Its methods are the operations the admin
+API offers: create and delete mappings, kick clients, close channels, read
+history.
+"""
+
+import os
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from portmapper.errors import MappingExists, PortUnavailable, UnknownChannel, UnknownClient, UnknownMapping
+from portmapper.server.admin import AdminAPI
+from portmapper.server.link import ServerLinkFactory
+from portmapper.server.meter import Sampler
+from portmapper.server.public import PublicFactory
+from portmapper.server.registry import (
+    CLOSED, CLOSED_BY_ADMIN, MAPPING_DELETED, NO_CLIENT, PROTOCOL_ERROR,
+    TARGET_REFUSED, TIMEOUT, Mapping, Registry,
+)
+from portmapper.server.store import Store
+
+log = Logger()
+
+PUBLIC_BACKLOG = 1024
+_WORTH_LOGGING = {NO_CLIENT, TARGET_REFUSED, TIMEOUT, PROTOCOL_ERROR}
+
+
+class PortMapperServer(Service):
+    def __init__(self, settings, reactor):
+        self.settings = settings
+        self.reactor = reactor
+        self.clock = reactor
+        self.registry = Registry()
+        self.store = Store(
+            os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor,
+            history_max_rows=settings.history_max_rows,
+            history_max_age=settings.history_max_age)
+        self.sampler = Sampler(self.registry.meters, reactor, settings.sample_interval)
+        self.client_port = None  # the port number clients dial, once listening
+        self.admin_address = None  # IAddress of the admin API, once listening
+        self._client_listener = None
+        self._admin_listener = None
+        self._creating = set()  # public ports whose creation is under way
+        self.ready = Deferred()
+
+    # -- life ---------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._start().addCallbacks(self.ready.callback, self.ready.errback)
+
+    @inlineCallbacks
+    def _start(self):
+        yield self.store.start()
+        last_client_id, last_channel_id = yield self.store.last_ids()
+        self.registry.seed_ids(last_client_id, last_channel_id)
+        self._client_listener = yield serverFromString(
+            self.reactor, self.settings.client_port).listen(ServerLinkFactory(self))
+        self.client_port = self._client_listener.getHost().port
+        for public_port, target_ip, target_port, tag in (yield self.store.load_mappings()):
+            yield self._restore(Mapping(public_port, target_ip, target_port, tag))
+        site = Site(AdminAPI(self, self.settings.admin_token).app.resource())
+        site.displayTracebacks = False
+        site.noisy = False
+        self._admin_listener = yield serverFromString(self.reactor, self.settings.admin).listen(site)
+        self.admin_address = self._admin_listener.getHost()
+        self.sampler.startService()
+        log.info("portmapper server ready: clients on port {client_port}, admin API on {admin}, "
+                 "{count} mapping(s)", client_port=self.client_port,
+                 admin=f"{self.admin_address.host}:{self.admin_address.port}",
+                 count=len(self.registry.mappings))
+
+    @inlineCallbacks
+    def _restore(self, mapping):
+        """Listen again on a stored mapping; keep it (not listening) if we can't."""
+        self.registry.mappings[mapping.public_port] = mapping
+        try:
+            mapping.listening = yield self._listen(mapping)
+        except PortUnavailable as e:
+            log.error("stored port mapper on port {port} is not listening: {why}",
+                      port=mapping.public_port, why=e.why)
+
+    @inlineCallbacks
+    def stopService(self):
+        super().stopService()
+        if self.sampler.running:
+            self.sampler.stopService()
+        listeners = [self._client_listener, self._admin_listener]
+        listeners += [m.listening for m in self.registry.mappings.values()]
+        yield gatherResults([succeed(x.stopListening()) for x in listeners if x is not None])
+        for channel in list(self.registry.channels.values()):
+            channel.user.close(CLOSED_BY_ADMIN)
+        for session in list(self.registry.clients.values()):
+            session.link.fail("the server is shutting down")
+            session.link.transport.abortConnection()
+        # Connections lost by abortConnection report it on the next turn.
+        yield deferLater(self.clock, 0, lambda: None)
+        yield self.store.stop()
+
+    # -- mappings -----------------------------------------------------------
+
+    def _listen(self, mapping):
+        interface = self.settings.public_interface
+        endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, mapping.public_port,
+                                 backlog=PUBLIC_BACKLOG, interface=interface)
+        d = endpoint.listen(PublicFactory(self, mapping))
+
+        def cannot(failure):
+            failure.trap(CannotListenError)
+            error = failure.value.socketError
+            why = getattr(error, "strerror", None) or str(error)
+            raise PortUnavailable(mapping.public_port, why)
+
+        return d.addErrback(cannot)
+
+    @inlineCallbacks
+    def add_mapping(self, public_port, target_ip, target_port, tag="default"):
+        """Listen on ``public_port`` and persist the mapping; fires with it."""
+        if public_port in self.registry.mappings or public_port in self._creating:
+            raise MappingExists(public_port)
+        if public_port == self.client_port:
+            raise PortUnavailable(public_port, "it is this server's client port")
+        if self.admin_address is not None and public_port == getattr(self.admin_address, "port", None):
+            raise PortUnavailable(public_port, "it is this server's admin API port")
+        mapping = Mapping(public_port, target_ip, target_port, tag)
+        self._creating.add(public_port)
+        try:
+            mapping.listening = yield self._listen(mapping)
+            try:
+                yield self.store.save_mapping(public_port, target_ip, target_port, tag)
+            except Exception:
+                yield mapping.listening.stopListening()
+                raise
+        finally:
+            self._creating.discard(public_port)
+        self.registry.mappings[public_port] = mapping
+        log.info("port mapper created: port {port} -> {ip}:{target_port} (tag {tag})",
+                 port=public_port, ip=target_ip, target_port=target_port, tag=tag)
+        return mapping
+
+    @inlineCallbacks
+    def remove_mapping(self, public_port):
+        """Stop listening on ``public_port``, close its channels, forget it."""
+        mapping = self.registry.mappings.pop(public_port, None)
+        if mapping is None:
+            raise UnknownMapping(public_port)
+        for channel in self.registry.channels_on_port(public_port):
+            channel.user.close(MAPPING_DELETED)
+        if mapping.listening is not None:
+            yield mapping.listening.stopListening()
+        yield self.store.delete_mapping(public_port)
+        log.info("port mapper deleted: port {port}", port=public_port)
+
+    # -- clients and channels -------------------------------------------------
+
+    def clientConnected(self, link, ip, port, tag):
+        session = self.registry.new_client(ip, port, tag, self.clock.seconds(), link)
+        log.info("client {client_id} connected from {ip}:{port} with tag {tag}",
+                 client_id=session.client_id, ip=ip, port=port, tag=tag)
+        return session
+
+    def clientDisconnected(self, session, reason):
+        self.registry.clients.pop(session.client_id, None)
+        session.state = CLOSED
+        why = session.link.lostReason()
+        meter = session.meter
+        self.store.record_client({
+            "client_id": session.client_id, "ip": session.ip, "port": session.port,
+            "tag": session.tag, "init_time": meter.created, "close_time": self.clock.seconds(),
+            "recv_bytes": meter.recv_bytes, "send_bytes": meter.send_bytes, "close_reason": why,
+        })
+        log.info("client {client_id} disconnected: {why}", client_id=session.client_id, why=why)
+
+    def channelClosed(self, record, reason):
+        self.registry.channels.pop(record.channel_id, None)
+        session = self.registry.clients.get(record.client_id)
+        if session is not None:
+            session.channels.discard(record.channel_id)
+        record.state = CLOSED
+        record.close_reason = reason
+        record.close_time = self.clock.seconds()
+        meter = record.meter
+        self.store.record_channel({
+            "channel_id": record.channel_id, "port": record.public_port,
+            "ip": record.user_ip, "user_port": record.user_port,
+            "client_id": record.client_id, "target_ip": record.target_ip,
+            "target_port": record.target_port, "init_time": meter.created,
+            "close_time": record.close_time, "recv_bytes": meter.recv_bytes,
+            "send_bytes": meter.send_bytes, "close_reason": reason,
+        })
+        if reason in _WORTH_LOGGING:
+            log.info("channel {channel_id} on port {port} closed: {reason}",
+                     channel_id=record.channel_id, port=record.public_port, reason=reason)
+
+    def kick_client(self, client_id):
+        session = self.registry.clients.get(client_id)
+        if session is None:
+            raise UnknownClient(client_id)
+        session.link.channel_close_reason = CLOSED_BY_ADMIN
+        session.link.fail("closed by admin")
+
+    def close_channel(self, channel_id):
+        channel = self.registry.channels.get(channel_id)
+        if channel is None:
+            raise UnknownChannel(channel_id)
+        channel.user.close(CLOSED_BY_ADMIN)
+
+    # -- history --------------------------------------------------------------
+
+    def channel_history(self, **filters):
+        return self.store.query_channel_history(**filters)
+
+    def client_history(self, **filters):
+        return self.store.query_client_history(**filters)
