@@ -1,0 +1,374 @@
+"""
+Tests for L{portmapper.server.store}: SQLite storage run in a worker thread.
+
+These use the real reactor (the worker thread reports back through
+C{callFromThread}) and wait on Deferreds, never on sleeps.  Where time
+matters, L{ClockedReactor} keeps the real reactor's threads but reads time
+and schedules calls on a L{task.Clock}.
+"""
+
+import os
+import sqlite3
+import threading
+
+from twisted.internet import reactor, task
+from twisted.internet.defer import inlineCallbacks
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+
+from portmapper.server.store import CHANNEL_KEYS, CLIENT_KEYS, Store
+
+# Records closed recently enough for the default retention against the real
+# reactor's clock (a whole number, so that expected records compare equal).
+NOW = float(int(reactor.seconds()))
+
+
+class ClockedReactor:
+    """The real reactor for threads, a L{task.Clock} for time."""
+
+    def __init__(self, now=0.0):
+        self.clock = task.Clock()
+        self.clock.advance(now)
+
+    def callLater(self, *args, **kwargs):
+        return self.clock.callLater(*args, **kwargs)
+
+    def seconds(self):
+        return self.clock.seconds()
+
+    def callFromThread(self, f, *args, **kwargs):
+        return reactor.callFromThread(f, *args, **kwargs)
+
+
+def channel(channel_id, **fields):
+    """A closed-channel record with every key, overridable."""
+    record = {
+        "channel_id": channel_id, "port": 5555, "ip": "192.168.184.1",
+        "user_port": 57984, "client_id": 1, "target_ip": "192.168.10.15",
+        "target_port": 6666, "init_time": NOW - 8.5, "close_time": NOW - 0.25,
+        "recv_bytes": 3721, "send_bytes": 10587, "close_reason": "user closed",
+    }
+    record.update(fields)
+    return record
+
+
+def client(client_id, **fields):
+    """A disconnected-client record with every key, overridable."""
+    record = {
+        "client_id": client_id, "ip": "10.0.0.7", "port": 40000, "tag": "default",
+        "init_time": NOW - 1000.0, "close_time": NOW - 0.5, "recv_bytes": 123,
+        "send_bytes": 4567, "close_reason": "client lost",
+    }
+    record.update(fields)
+    return record
+
+
+class StoreTests(unittest.TestCase):
+    def setUp(self):
+        self.path = os.path.join(self.mktemp(), "data", "portmapper.sqlite3")
+
+    @inlineCallbacks
+    def open(self, clock=None, **kwargs):
+        """Start a Store on self.path (stopped at cleanup); return it."""
+        store = Store(self.path, clock or reactor, **kwargs)
+        self.addCleanup(store.stop)
+        yield store.start()
+        return store
+
+    @inlineCallbacks
+    def test_mappings_round_trip(self):
+        """Mappings are saved, replaced, deleted, loaded by port, and survive a reopen."""
+        store = yield self.open()
+        self.assertEqual((yield store.load_mappings()), [])
+        yield store.save_mapping(6000, "10.0.0.1", 22, "a")
+        yield store.save_mapping(5433, "192.168.10.15", 6666, "tag10")
+        yield store.save_mapping(7000, "db.local", 5432, "default")
+        yield store.save_mapping(6000, "10.0.0.2", 2222, "b")  # replaces
+        yield store.delete_mapping(7000)
+        yield store.delete_mapping(9999)  # unknown: no error
+        expected = [(5433, "192.168.10.15", 6666, "tag10"), (6000, "10.0.0.2", 2222, "b")]
+        self.assertEqual((yield store.load_mappings()), expected)
+        yield store.stop()
+
+        again = yield self.open()
+        self.assertEqual((yield again.load_mappings()), expected)
+
+    @inlineCallbacks
+    def test_channel_record_exact(self):
+        """A channel record comes back with exactly its keys, values and types."""
+        store = yield self.open()
+        full = channel(7)
+        bare = channel(8, client_id=None, target_ip=None, target_port=None,
+                       close_reason="no client", recv_bytes=0, send_bytes=0)
+        store.record_channel(dict(full))
+        store.record_channel(dict(bare))
+        rows = yield store.query_channel_history()
+        self.assertEqual(rows, [bare, full])
+        for row in rows:
+            self.assertEqual(set(row), set(CHANNEL_KEYS))
+            self.assertIsInstance(row["init_time"], float)
+            self.assertIsInstance(row["close_time"], float)
+            self.assertIsInstance(row["recv_bytes"], int)
+
+    @inlineCallbacks
+    def test_channel_filters(self):
+        """Channel history is newest first and filters by port, client_id, channel_id, combined."""
+        store = yield self.open()
+        for i in range(1, 11):
+            store.record_channel(channel(i, port=5000 + i % 2, client_id=i % 3))
+        rows = yield store.query_channel_history()
+        self.assertEqual([r["channel_id"] for r in rows], list(range(10, 0, -1)))
+
+        rows = yield store.query_channel_history(port=5001)
+        self.assertEqual([r["channel_id"] for r in rows], [9, 7, 5, 3, 1])
+        rows = yield store.query_channel_history(client_id=0)
+        self.assertEqual([r["channel_id"] for r in rows], [9, 6, 3])
+        rows = yield store.query_channel_history(channel_id=4)
+        self.assertEqual(rows, [channel(4, port=5000, client_id=1)])
+        rows = yield store.query_channel_history(port=5000, client_id=1)
+        self.assertEqual([r["channel_id"] for r in rows], [10, 4])
+        rows = yield store.query_channel_history(port=5000, channel_id=3)
+        self.assertEqual(rows, [])
+
+    @inlineCallbacks
+    def test_channel_paging(self):
+        """limit and before page through the history with no gap and no repeat."""
+        store = yield self.open()
+        for i in range(1, 11):
+            store.record_channel(channel(i, port=5000 + i % 2))
+        rows = yield store.query_channel_history(limit=3)
+        self.assertEqual([r["channel_id"] for r in rows], [10, 9, 8])
+        rows = yield store.query_channel_history(before=8, limit=3)
+        self.assertEqual([r["channel_id"] for r in rows], [7, 6, 5])
+
+        seen, before = [], None
+        while True:
+            page = yield store.query_channel_history(port=5000, limit=2, before=before)
+            if not page:
+                break
+            self.assertLessEqual(len(page), 2)
+            seen += [r["channel_id"] for r in page]
+            before = page[-1]["channel_id"]
+        self.assertEqual(seen, [10, 8, 6, 4, 2])
+
+    @inlineCallbacks
+    def test_client_history(self):
+        """Client records come back exactly, newest first, with client_id, before and limit."""
+        store = yield self.open()
+        for i in range(1, 6):
+            store.record_client(client(i, tag=f"t{i}"))
+        rows = yield store.query_client_history()
+        self.assertEqual(rows, [client(i, tag=f"t{i}") for i in range(5, 0, -1)])
+        self.assertEqual(set(rows[0]), set(CLIENT_KEYS))
+        self.assertEqual((yield store.query_client_history(client_id=3)), [client(3, tag="t3")])
+        rows = yield store.query_client_history(before=4, limit=2)
+        self.assertEqual([r["client_id"] for r in rows], [3, 2])
+
+    @inlineCallbacks
+    def test_last_ids(self):
+        """last_ids is (0, 0) when empty, sees unflushed records and survives a reopen."""
+        store = yield self.open(flush_delay=60)
+        self.assertEqual((yield store.last_ids()), (0, 0))
+        store.record_client(client(4))
+        store.record_client(client(2))
+        store.record_channel(channel(17))
+        store.record_channel(channel(9))
+        self.assertEqual((yield store.last_ids()), (4, 17))
+        yield store.stop()
+
+        again = yield self.open()
+        self.assertEqual((yield again.last_ids()), (4, 17))
+
+    @inlineCallbacks
+    def test_last_ids_outlive_pruning(self):
+        """last_ids still reports the highest ids after retention deleted every row."""
+        clock = ClockedReactor(now=10_000)
+        store = yield self.open(clock, history_max_age=100)
+        store.record_channel(channel(5, close_time=9_950.0))
+        store.record_client(client(3, close_time=9_950.0))
+        self.assertEqual(len((yield store.query_channel_history())), 1)
+        clock.clock.advance(1000)
+        store.record_channel(channel(6, close_time=100.0))  # already too old
+        self.assertEqual((yield store.query_channel_history()), [])
+        self.assertEqual((yield store.query_client_history()), [])
+        self.assertEqual((yield store.last_ids()), (3, 6))
+
+    @inlineCallbacks
+    def test_retention_by_rows(self):
+        """Only the history_max_rows newest channel and client rows are kept."""
+        store = yield self.open(history_max_rows=5)
+        for i in range(1, 13):
+            store.record_channel(channel(i))
+            store.record_client(client(i))
+        rows = yield store.query_channel_history()
+        self.assertEqual([r["channel_id"] for r in rows], [12, 11, 10, 9, 8])
+        rows = yield store.query_client_history()
+        self.assertEqual([r["client_id"] for r in rows], [12, 11, 10, 9, 8])
+
+    @inlineCallbacks
+    def test_retention_by_age(self):
+        """Rows closed more than history_max_age seconds before reactor.seconds() are dropped."""
+        clock = ClockedReactor(now=1_000)
+        store = yield self.open(clock, history_max_age=100)
+        store.record_channel(channel(1, close_time=850.0))
+        store.record_channel(channel(2, close_time=950.0))
+        store.record_client(client(1, close_time=899.0))
+        store.record_client(client(2, close_time=901.0))
+        rows = yield store.query_channel_history()
+        self.assertEqual([r["channel_id"] for r in rows], [2])
+        rows = yield store.query_client_history()
+        self.assertEqual([r["client_id"] for r in rows], [2])
+
+        clock.clock.advance(60)  # now 1060: channel 2 (950) is too old
+        store.record_channel(channel(3, close_time=1_050.0))
+        rows = yield store.query_channel_history()
+        self.assertEqual([r["channel_id"] for r in rows], [3])
+
+    @inlineCallbacks
+    def test_delayed_flush(self):
+        """Records wait flush_delay seconds after the first one, then go to the thread."""
+        clock = ClockedReactor()
+        store = yield self.open(clock, flush_delay=5)
+        store.record_channel(channel(1))
+        clock.clock.advance(1)
+        store.record_channel(channel(2))
+        [call] = clock.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), 5)
+        clock.clock.advance(3.9)
+        self.assertEqual(len(store._channels), 2)
+        clock.clock.advance(0.1)
+        self.assertEqual(store._channels, [])
+        self.assertEqual(clock.clock.getDelayedCalls(), [])
+        rows = yield store.query_channel_history()
+        self.assertEqual([r["channel_id"] for r in rows], [2, 1])
+
+    @inlineCallbacks
+    def test_batch_size_flushes_at_once(self):
+        """batch_size pending rows (channels and clients together) flush without waiting."""
+        clock = ClockedReactor()
+        store = yield self.open(clock, flush_delay=5, batch_size=3)
+        store.record_channel(channel(1))
+        store.record_client(client(1))
+        self.assertEqual(len(clock.clock.getDelayedCalls()), 1)
+        store.record_channel(channel(2))
+        self.assertEqual((store._channels, store._clients), ([], []))
+        self.assertEqual(clock.clock.getDelayedCalls(), [])
+        self.assertEqual((yield store.last_ids()), (1, 2))
+
+    @inlineCallbacks
+    def test_burst_of_10000(self):
+        """10,000 records in one reactor turn land in a few batched writes, all of them."""
+        store = yield self.open()
+        writes = []
+        real_write = store._write
+
+        def counting_write(channels, clients, cutoff):
+            writes.append(len(channels))
+            return real_write(channels, clients, cutoff)
+
+        store._write = counting_write
+        for i in range(1, 10_001):
+            store.record_channel(channel(i))
+        rows = yield store.query_channel_history(limit=10_000)
+        self.assertEqual([r["channel_id"] for r in rows], list(range(10_000, 0, -1)))
+        self.assertEqual(sum(writes), 10_000)
+        self.assertLessEqual(len(writes), 11)
+
+    @inlineCallbacks
+    def test_stop_flushes(self):
+        """stop() writes pending records and leaves no timer; a reopened store has them."""
+        store = yield self.open(flush_delay=3600)
+        for i in range(1, 6):
+            store.record_channel(channel(i))
+        store.record_client(client(1))
+        yield store.stop()
+        self.assertIsNone(store._timer)
+        self.assertFalse(store._pool.started)
+
+        again = yield self.open()
+        rows = yield again.query_channel_history()
+        self.assertEqual([r["channel_id"] for r in rows], [5, 4, 3, 2, 1])
+        self.assertEqual(len((yield again.query_client_history())), 1)
+
+    @inlineCallbacks
+    def test_stop_idempotent(self):
+        """stop() may be called again, during or after a stop; every call fires."""
+        store = yield self.open()
+        store.record_channel(channel(1))
+        first, second = store.stop(), store.stop()
+        yield first
+        yield second
+        yield store.stop()
+        yield Store(self.path, reactor).stop()  # never started
+
+    @inlineCallbacks
+    def test_failing_write_logged(self):
+        """A write that fails is logged, not raised, and later records still land."""
+        store = yield self.open()
+        real_write = store._write
+        failures = []
+
+        def failing_once(*args):
+            if not failures:
+                failures.append(True)
+                raise sqlite3.OperationalError("disk I/O error")
+            return real_write(*args)
+
+        store._write = failing_once
+        store.record_channel(channel(1))
+        store.record_channel(channel(2))
+        self.assertEqual((yield store.query_channel_history()), [])
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+
+        store.record_channel(channel(3))
+        rows = yield store.query_channel_history()
+        self.assertEqual([r["channel_id"] for r in rows], [3])
+
+    @inlineCallbacks
+    def test_bad_record_logged(self):
+        """A record missing a key fails its batch, logged, and the store goes on."""
+        store = yield self.open()
+        bad = channel(1)
+        del bad["close_reason"]
+        store.record_channel(bad)
+        self.assertEqual((yield store.query_channel_history()), [])
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.ProgrammingError)), 1)
+        store.record_channel(channel(2))
+        rows = yield store.query_channel_history()
+        self.assertEqual([r["channel_id"] for r in rows], [2])
+
+    @inlineCallbacks
+    def test_stuck_disk_drops_oldest(self):
+        """With the disk stuck, pending rows stay bounded: the oldest go, with a counted warning."""
+        store = yield self.open(batch_size=10)
+        store.max_pending = 100
+        warnings = []
+
+        def observe(event):
+            if "dropped" in event.get("log_format", ""):
+                warnings.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+        release = threading.Event()
+        self.addCleanup(release.set)
+        real_write = store._write
+
+        def stuck_write(*args):
+            release.wait(30)
+            return real_write(*args)
+
+        store._write = stuck_write
+        for i in range(1, 311):  # 1-10 go to the (stuck) thread, the rest wait
+            store.record_channel(channel(i))
+        self.assertLessEqual(len(store._channels), 100)
+        self.assertTrue(warnings)
+        dropped = sum(event["count"] for event in warnings)
+        self.assertEqual({event["kind"] for event in warnings}, {"channel"})
+
+        release.set()
+        rows = yield store.query_channel_history(limit=1000)
+        ids = [r["channel_id"] for r in rows]
+        kept = list(range(310, 310 - (300 - dropped), -1))
+        self.assertEqual(ids, kept + list(range(10, 0, -1)))
