@@ -1,0 +1,356 @@
+"""
+The admin JSON API (``API.md``): port mappings, clients, channels, history.
+
+:class:`AdminAPI` is a Klein app over a running server; serve
+``AdminAPI(server, admin_token).app.resource()``.  Every answer, failures
+included, is a JSON body with ``Content-Type: application/json``: writes
+answer ``{"result": "success"}``, failures
+``{"result": "failed", "reason": "<one sentence>"}`` with the status of the
+:class:`~portmapper.errors.PortMapperError` raised (or 404/405 for a path
+or method we do not serve, 500 for a fault of ours, logged).
+
+Parameters come from the query string.  Each is parsed by :func:`_param`
+with one of the kinds below, so a missing or malformed one is a 400 naming
+it, and nothing is asked of the server before every parameter is good.
+"""
+
+import functools
+import hmac
+import ipaddress
+import json
+import re
+import time
+
+from klein import Klein
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import NotFound as NoRoute
+
+from portmapper.errors import (
+    BadParameter, PortMapperError, Unauthorized, UnknownChannel, UnknownClient, UnknownMapping,
+)
+from portmapper.server.meter import MB
+
+log = Logger()
+
+SUCCESS = {"result": "success"}
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10000
+MAX_TAG_LENGTH = 64
+
+_REQUIRED = object()
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+# -- parameters ---------------------------------------------------------------
+
+def _integer(low, high):
+    def parse(text):
+        if _DIGITS.fullmatch(text) and low <= int(text) <= high:
+            return int(text)
+        return None
+    return parse
+
+
+def _host(text):
+    """``text`` as an IP address (normalised) or a host name (RFC 1123), else None."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    labels = (text[:-1] if text.endswith(".") else text).split(".")
+    if (
+        len(text) <= 253
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()  # "10.0.0.300" is a typo, not a name
+    ):
+        return text
+    return None
+
+
+def _tag(text):
+    return text if 0 < len(text) <= MAX_TAG_LENGTH and text.isprintable() else None
+
+
+# A kind of parameter: (parse text -> value or None, what it must be).
+PORT = (_integer(1, 65535), "an integer from 1 to 65535")
+ID = (_integer(1, 2**63 - 1), "a positive integer")
+LIMIT = (_integer(1, MAX_LIMIT), f"an integer from 1 to {MAX_LIMIT}")
+HOST = (_host, "an IP address or a host name")
+TAG = (_tag, f"1 to {MAX_TAG_LENGTH} printable characters")
+
+
+def _param(request, name, kind, default=_REQUIRED):
+    """Query parameter ``name`` parsed as ``kind``; BadParameter naming it if missing or bad."""
+    parse, what = kind
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        if default is _REQUIRED:
+            raise BadParameter(f"Parameter '{name}' is required and must be {what}.")
+        return default
+    try:
+        value = parse(values[0].decode("utf-8"))
+    except UnicodeDecodeError:
+        value = None
+    if value is None:
+        raise BadParameter(f"Parameter '{name}' must be {what}.")
+    return value
+
+
+# -- rendering ----------------------------------------------------------------
+
+def _render(request, body, status=200):
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(body).encode("utf-8")
+
+
+def _failed(request, status, reason):
+    return _render(request, {"result": "failed", "reason": reason}, status)
+
+
+def _mb(amount):
+    """Bytes (or bytes/s) as MB (or MB/s), without float noise."""
+    return round(amount / MB, 6)
+
+
+def _local_time(epoch):
+    return None if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _traffic(recv_bytes, send_bytes, recv_average, send_average):
+    return {
+        "recv_flow_statistics": _mb(recv_bytes),
+        "recv_average_speed": _mb(recv_average),
+        "recv_bytes": recv_bytes,
+        "send_flow_statistics": _mb(send_bytes),
+        "send_average_speed": _mb(send_average),
+        "send_bytes": send_bytes,
+    }
+
+
+def _live(meter, now):
+    """Times and traffic of a live connection."""
+    return {
+        "init_time": _local_time(meter.created),
+        "duration_time": int(meter.age(now)),
+        **_traffic(meter.recv_bytes, meter.send_bytes, meter.recv_average(now), meter.send_average(now)),
+        "recv_real_time_speed": _mb(meter.recv_speed),
+        "send_real_time_speed": _mb(meter.send_speed),
+    }
+
+
+def _closed(row):
+    """A history row from the store, with its times and traffic in API units."""
+    seconds = max(0.0, row["close_time"] - row["init_time"])
+    recv, send = row["recv_bytes"], row["send_bytes"]
+    return {
+        **row,
+        "init_time": _local_time(row["init_time"]),
+        "close_time": _local_time(row["close_time"]),
+        "duration_time": int(seconds),
+        **_traffic(recv, send, recv / seconds if seconds else 0.0, send / seconds if seconds else 0.0),
+    }
+
+
+def _page(rows, limit, key):
+    """The history answer for ``rows`` fetched with ``limit + 1``: at most ``limit``
+    rows, and where the next page starts if there is one."""
+    rows = [_closed(row) for row in rows]
+    more = len(rows) > limit
+    del rows[limit:]
+    return {"history": rows, "next_before": rows[-1][key] if more else None}
+
+
+def _json(route):
+    """Check the admin token, run ``route`` and render what it returns (or its
+    Deferred fires with) as JSON."""
+    @functools.wraps(route)
+    def guarded(self, request):
+        self._authorize(request)
+        result = route(self, request)
+        if isinstance(result, Deferred):
+            return result.addCallback(lambda body: _render(request, body))
+        return _render(request, result)
+    return guarded
+
+
+class AdminAPI:
+    """The admin API over ``server`` (see the module docstring); with
+    ``admin_token`` set, every request needs ``Authorization: Bearer <token>``."""
+
+    app = Klein()
+
+    def __init__(self, server, admin_token=None):
+        if admin_token is not None and not admin_token:
+            raise ValueError("An empty admin token would protect nothing; give a token or None.")
+        self._server = server
+        self._token = admin_token.encode("utf-8") if isinstance(admin_token, str) else admin_token
+
+    def _authorize(self, request):
+        if self._token is None:
+            return
+        scheme, _, offered = (request.getHeader(b"Authorization") or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(offered.strip(), self._token):
+            raise Unauthorized("This request needs the header 'Authorization: Bearer <admin token>'.")
+
+    @property
+    def _registry(self):
+        return self._server.registry
+
+    # -- errors: Klein tries these in order, and an error raised in one goes to
+    # the ones after it (so a routing error without a token ends as a 401) ---
+
+    @app.handle_errors(HTTPException)
+    def _routing_error(self, request, failure):
+        """An unknown path or a wrong method (werkzeug's routing exceptions)."""
+        self._authorize(request)
+        error = failure.value
+        headers = error.get_response().headers
+        for name in ("Allow", "Location"):  # of a 405, of a redirect to the canonical path
+            if name in headers:
+                request.setHeader(name.encode("ascii"), headers[name].encode("latin-1"))
+        method, path = request.method.decode("latin-1"), request.path.decode("latin-1")
+        if isinstance(error, NoRoute):
+            reason = f"There is no endpoint {path}."
+        elif isinstance(error, MethodNotAllowed):
+            reason = f"Method {method} is not allowed on {path}; use {', '.join(error.valid_methods)}."
+        else:
+            reason = f"{error.name}."
+        return _failed(request, error.code, reason)
+
+    @app.handle_errors(PortMapperError)
+    def _known_error(self, request, failure):
+        if failure.check(Unauthorized):
+            request.setHeader(b"WWW-Authenticate", b"Bearer")
+        return _failed(request, failure.value.status, str(failure.value))
+
+    @app.handle_errors(Exception)
+    def _unexpected_error(self, request, failure):
+        log.failure(
+            "admin request {method} {uri} failed", failure,
+            method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"),
+        )
+        return _failed(request, 500, "Internal server error; the server log has the details.")
+
+    # -- ports and mappings ---------------------------------------------------
+
+    @app.route("/client_port", methods=["GET"])
+    @_json
+    def get_client_port(self, request):
+        return {"client_port": self._server.client_port}
+
+    @app.route("/port_mapper", methods=["GET"])
+    @_json
+    def get_port_mapper(self, request):
+        mappings = self._registry.mappings
+        return {str(port): mappings[port].as_json() for port in sorted(mappings)}
+
+    @app.route("/port_mapper", methods=["POST"])
+    @_json
+    def post_port_mapper(self, request):
+        port = _param(request, "port", PORT)
+        target_ip = _param(request, "mapper_ip", HOST)
+        target_port = _param(request, "mapper_port", PORT)
+        tag = _param(request, "mapper_tag", TAG, default="default")
+        d = maybeDeferred(self._server.add_mapping, port, target_ip, target_port, tag)
+        return d.addCallback(lambda mapping: {**SUCCESS, "port_mapper": {str(port): mapping.as_json()}})
+
+    @app.route("/port_mapper", methods=["DELETE"])
+    @_json
+    def delete_port_mapper(self, request):
+        port = _param(request, "port", PORT)
+        return maybeDeferred(self._server.remove_mapping, port).addCallback(lambda _: SUCCESS)
+
+    # -- clients --------------------------------------------------------------
+
+    def _client_json(self, client, now):
+        return {
+            "ip": client.ip, "port": client.port, "tag": client.tag, "state": client.state,
+            **_live(client.meter, now),
+        }
+
+    @app.route("/client_connection", methods=["GET"])
+    @_json
+    def get_client_connection(self, request):
+        client_id = _param(request, "client_id", ID, default=None)
+        clients = self._registry.clients
+        if client_id is None:
+            ids = sorted(clients)
+        elif client_id in clients:
+            ids = [client_id]
+        else:
+            raise UnknownClient(client_id)
+        now = self._server.clock.seconds()
+        return {str(i): self._client_json(clients[i], now) for i in ids}
+
+    @app.route("/client_connection", methods=["DELETE"])
+    @_json
+    def delete_client_connection(self, request):
+        client_id = _param(request, "client_id", ID)
+        return maybeDeferred(self._server.kick_client, client_id).addCallback(lambda _: SUCCESS)
+
+    @app.route("/client_history", methods=["GET"])
+    @_json
+    def get_client_history(self, request):
+        client_id = _param(request, "client_id", ID, default=None)
+        limit = _param(request, "limit", LIMIT, default=DEFAULT_LIMIT)
+        before = _param(request, "before", ID, default=None)
+        d = self._server.client_history(client_id=client_id, limit=limit + 1, before=before)
+        return d.addCallback(_page, limit, "client_id")
+
+    # -- channels -------------------------------------------------------------
+
+    @app.route("/channel", methods=["GET"])
+    @_json
+    def get_channel(self, request):
+        port = _param(request, "port", PORT, default=None)
+        channel_id = _param(request, "channel_id", ID, default=None)
+        if port is not None and channel_id is not None:
+            raise BadParameter("Give parameter 'port' or parameter 'channel_id', not both.")
+        if channel_id is not None:
+            return self._channel_detail(channel_id)
+        if port is not None and port not in self._registry.mappings:
+            raise UnknownMapping(port)
+        ports = [port] if port is not None else sorted(self._registry.mappings)
+        grouped = {p: [] for p in ports}
+        for channel in sorted(self._registry.channels.values(), key=lambda c: c.channel_id):
+            if port is None or channel.public_port == port:
+                grouped.setdefault(channel.public_port, []).append({
+                    "channel_id": channel.channel_id, "ip": channel.user_ip,
+                    "port": channel.user_port, "state": channel.state,
+                })
+        return {str(p): grouped[p] for p in sorted(grouped)}
+
+    def _channel_detail(self, channel_id):
+        channel = self._registry.channels.get(channel_id)
+        if channel is None:
+            raise UnknownChannel(channel_id)
+        return {str(channel_id): {
+            "channel_id": channel_id, "public_port": channel.public_port,
+            "ip": channel.user_ip, "port": channel.user_port, "state": channel.state,
+            "client_id": channel.client_id,
+            "target_ip": channel.target_ip, "target_port": channel.target_port,
+            **_live(channel.meter, self._server.clock.seconds()),
+        }}
+
+    @app.route("/channel", methods=["DELETE"])
+    @_json
+    def delete_channel(self, request):
+        channel_id = _param(request, "channel_id", ID)
+        return maybeDeferred(self._server.close_channel, channel_id).addCallback(lambda _: SUCCESS)
+
+    @app.route("/channel_history", methods=["GET"])
+    @_json
+    def get_channel_history(self, request):
+        filters = {
+            "port": _param(request, "port", PORT, default=None),
+            "client_id": _param(request, "client_id", ID, default=None),
+            "channel_id": _param(request, "channel_id", ID, default=None),
+            "before": _param(request, "before", ID, default=None),
+        }
+        limit = _param(request, "limit", LIMIT, default=DEFAULT_LIMIT)
+        d = self._server.channel_history(limit=limit + 1, **filters)
+        return d.addCallback(_page, limit, "channel_id")
