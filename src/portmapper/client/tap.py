@@ -1,0 +1,19 @@
+"""
+``twistd portmapper-client``: options and the service they build.
+"""
+
+from portmapper.config import CLIENT_KEYS, ClientSettings, make_options
+
+
+class Options(make_options("client", CLIENT_KEYS, ClientSettings)):
+    synopsis = "[options]"
+    longdesc = ("Run a portmapper client: keep a link to the server and carry its channels "
+                "to targets in this network.")
+
+
+def makeService(config, reactor=None):
+    if reactor is None:
+        from twisted.internet import reactor
+    from portmapper.client.agent import makeClientService
+
+    return makeClientService(config.settings, reactor)
