@@ -7,14 +7,16 @@ and its tag, then serves OPEN frames: it checks the allow-list, connects to
 the target (``HostnameEndpoint``: name resolution stays off the reactor
 thread) and answers OPEN_OK, or OPEN_FAIL with the reason the OS gave.
 ``makeClientService`` keeps the link up: ``ClientService`` redials forever
-with capped exponential backoff and jitter, and a connection counts as made
-only once the server has welcomed us.
+with capped exponential backoff and jitter.  ``ClientService`` counts a
+connection as made once TCP connects; a link the server refuses (a wrong
+token, say) must back off too, so the retry policy also counts the links
+that ended before the server welcomed them.
 """
 
 import random
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.internet.protocol import Factory
@@ -27,10 +29,6 @@ from portmapper.protocol.mux import ChannelEnd, Link
 log = Logger()
 
 
-class LinkRefused(Exception):
-    """The server refused this client (wrong token, bad tag, old version)."""
-
-
 class TargetProtocol(ChannelEnd):
     """The connection to a mapping's target, carrying one channel."""
 
@@ -41,14 +39,16 @@ class _TargetFactory(Factory):
 
 
 class ClientLink(Link):
-    def __init__(self, settings, reactor):
-        super().__init__(reactor, window=settings.window, ping_interval=settings.ping_interval,
+    def __init__(self, factory):
+        settings = factory.settings
+        super().__init__(factory.reactor, window=settings.window,
+                         ping_interval=settings.ping_interval,
                          ping_timeout=settings.ping_timeout,
                          handshake_timeout=settings.handshake_timeout)
+        self.factory = factory
         self.settings = settings
-        self.reactor = reactor
-        self.client_id = None
-        self.welcomed = Deferred()  # fires with the client id, or fails
+        self.reactor = factory.reactor
+        self.client_id = None  # given by the server's WELCOME
         self._hello_seen = False
         self._connecting = {}  # channel id -> Deferred of the target connection
 
@@ -70,22 +70,21 @@ class ClientLink(Link):
             self.establish()
             log.info("connected to the server as client {client_id} with tag {tag}",
                      client_id=self.client_id, tag=self.settings.tag)
-            self.welcomed.callback(self.client_id)
+            self.factory.unwelcomed = 0
         elif ftype == REFUSE:
             reason = frames.parse_reason(payload)
             log.error("the server refused this client: {reason}", reason=reason)
             self.decoder.stopped = True
             self.transport.loseConnection()
-            self.welcomed.errback(LinkRefused(reason))
         else:
             raise ProtocolError(f"unexpected {frames.NAMES[ftype]} frame during the handshake")
 
     def linkClosed(self, reason):
         for d in list(self._connecting.values()):
             d.cancel()
-        if not self.welcomed.called:
-            self.welcomed.errback(reason)
-        elif self.established:
+        if self.client_id is None:
+            self.factory.unwelcomed += 1
+        else:
             log.info("link to the server lost: {why}", why=reason.getErrorMessage())
 
     # -- channels ---------------------------------------------------------------
@@ -135,18 +134,19 @@ class ClientLinkFactory(Factory):
     def __init__(self, settings, reactor):
         self.settings = settings
         self.reactor = reactor
+        self.unwelcomed = 0  # links in a row that ended before WELCOME
 
     def buildProtocol(self, addr):
-        return ClientLink(self.settings, self.reactor)
+        return ClientLink(self)
 
 
 def makeClientService(settings, reactor):
     """A service that keeps one authenticated link to the server up."""
-    return ClientService(
-        clientFromString(reactor, settings.server),
-        ClientLinkFactory(settings, reactor),
-        retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0, factor=2.0,
-                                  jitter=random.random),
-        clock=reactor,
-        prepareConnection=lambda link: link.welcomed,
-    )
+    factory = ClientLinkFactory(settings, reactor)
+    backoff = backoffPolicy(initialDelay=0.5, maxDelay=30.0, factor=2.0, jitter=random.random)
+
+    def retryPolicy(attempt):
+        return backoff(max(attempt, factory.unwelcomed))
+
+    return ClientService(clientFromString(reactor, settings.server), factory,
+                         retryPolicy=retryPolicy, clock=reactor)

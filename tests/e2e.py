@@ -1,0 +1,187 @@
+"""
+Helpers for the end-to-end tests: a server and a client as production runs
+them (the services the twistd plugins build), backends to map to, and
+blocking users run in threads, all on 127.0.0.1 with ports the OS picks.
+"""
+
+import json
+import socket
+
+import treq
+from twisted.internet import reactor, threads
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+
+from portmapper.client import tap as client_tap
+from portmapper.server import tap as server_tap
+from portmapper.server.core import PortMapperServer
+
+TOKEN = "e2e-token"
+POLL = 0.01
+
+
+def free_port():
+    """A port nothing listens on now (the OS's pick for a port-0 bind)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@inlineCallbacks
+def wait_for(predicate, timeout=10.0, what="condition"):
+    """Poll ``predicate`` until it is true, failing after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        yield deferLater(reactor, POLL, lambda: None)
+
+
+def server_options(data_dir, client_port=0, *extra):
+    options = server_tap.Options()
+    options.parseOptions([
+        "--client-port", f"tcp:{client_port}:interface=127.0.0.1",
+        "--admin", "tcp:0:interface=127.0.0.1",
+        "--public-interface", "127.0.0.1",
+        "--data-dir", data_dir,
+        "--token", TOKEN,
+        *extra,
+    ])
+    return options
+
+
+def client_options(client_port, token=TOKEN, *extra):
+    options = client_tap.Options()
+    options.parseOptions([
+        "--server", f"tcp:host=127.0.0.1:port={client_port}",
+        "--token", token,
+        *extra,
+    ])
+    return options
+
+
+class Running:
+    """A started server, its admin URL, and helpers to drive it."""
+
+    def __init__(self, testcase, data_dir, client_port=0, extra=()):
+        self.testcase = testcase
+        self.server = PortMapperServer(server_options(data_dir, client_port, *extra).settings, reactor)
+
+    @inlineCallbacks
+    def start(self):
+        self.server.startService()
+        yield self.server.ready
+        self.testcase.addCleanup(self.stop)
+        address = self.server.admin_address
+        self.admin = f"http://127.0.0.1:{address.port}"
+        return self
+
+    def stop(self):
+        if self.server.running:
+            return self.server.stopService()
+
+    @inlineCallbacks
+    def api(self, method, path, **params):
+        """Call the admin API; return (status, decoded JSON body)."""
+        response = yield treq.request(method, self.admin + path, params=params, persistent=False)
+        body = yield treq.content(response)
+        return response.code, json.loads(body)
+
+    @inlineCallbacks
+    def map(self, target_port, tag="default", public_port=None):
+        public_port = public_port or free_port()
+        code, body = yield self.api("POST", "/port_mapper", port=str(public_port),
+                                    mapper_ip="127.0.0.1", mapper_port=str(target_port),
+                                    mapper_tag=tag)
+        assert code == 200, body
+        return public_port
+
+
+def start_client(testcase, client_port, token=TOKEN, *extra):
+    service = client_tap.makeService(client_options(client_port, token, *extra), reactor)
+    service.startService()
+    testcase.addCleanup(service.stopService)
+    return service
+
+
+# -- backends ---------------------------------------------------------------
+
+class Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class Backend:
+    """A listening backend on 127.0.0.1 with the protocol given; tracks connections."""
+
+    def __init__(self, protocol_factory):
+        self.connections = []
+        backend = self
+
+        class _Factory(Factory):
+            noisy = False
+
+            def buildProtocol(self, addr):
+                p = protocol_factory()
+                backend.connections.append(p)
+                return p
+
+        self.factory = _Factory()
+
+    def listen(self, testcase):
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        testcase.addCleanup(self.port.stopListening)
+        return self.port.getHost().port
+
+
+# -- users: blocking sockets in a thread --------------------------------------
+
+def in_thread(f, *args):
+    return threads.deferToThread(f, *args)
+
+
+def connect(port, timeout=20.0):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def recv_exactly(s, n):
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = s.recv_into(view[got:], min(n - got, 1 << 20))
+        if not k:
+            break
+        got += k
+    return bytes(buf[:got])
+
+
+def recv_all(s):
+    chunks = []
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def echo_roundtrip(port, data):
+    """Send ``data`` through an echo path while reading it back; return what came back."""
+    s = connect(port)
+    try:
+        result = {}
+
+        def reader():
+            result["got"] = recv_exactly(s, len(data))
+
+        import threading
+        t = threading.Thread(target=reader)
+        t.start()
+        s.sendall(data)
+        t.join(60)
+        return result.get("got", b"")
+    finally:
+        s.close()
