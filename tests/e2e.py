@@ -168,6 +168,14 @@ def recv_all(s):
         chunks.append(chunk)
 
 
+def recv_or_reset(s):
+    """What arrives until the connection closes (b"" if it is reset)."""
+    try:
+        return recv_all(s)
+    except ConnectionResetError:
+        return b""
+
+
 def echo_roundtrip(port, data):
     """Send ``data`` through an echo path while reading it back; return what came back."""
     s = connect(port)

@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from tests.e2e import (
     Backend, Echo, Running, connect, echo_roundtrip, free_port, in_thread,
-    recv_all, start_client, wait_for,
+    recv_all, recv_or_reset, start_client, wait_for,
 )
 
 MiB = 2**20
@@ -226,14 +226,6 @@ class TunnelTests(TestCase):
         # Now read it all: every byte arrives, in order.
         got = yield in_thread(_read_count_and_check, user, Source.total, Source.chunk)
         self.assertEqual(got, Source.total)
-
-
-def recv_or_reset(s):
-    """What arrives until the connection closes (b"" if it is reset)."""
-    try:
-        return recv_all(s)
-    except ConnectionResetError:
-        return b""
 
 
 def _read_count_and_check(s, total, pattern):
