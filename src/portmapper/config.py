@@ -11,7 +11,7 @@ anything starts.
 
 import configparser
 import ipaddress
-import os
+import math
 
 import attr
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -100,8 +100,9 @@ class AllowList:
 def _parse_ports(text):
     ranges = []
     for part in text.split(","):
-        low, _, high = part.partition("-")
-        low, high = _port(low), _port(high or low)
+        low, dash, high = part.partition("-")
+        low = _port(low)
+        high = _port(high) if dash else low
         if low > high:
             raise ValueError(f"port range {part!r} is backwards")
         ranges.append((low, high))
@@ -124,12 +125,18 @@ def _is_hostname(name):
 # -- value checkers: text -> value, ValueError with the reason -------------
 
 def _server_endpoint(text):
-    serverFromString(None, text)  # parses only; nothing listens
+    try:
+        serverFromString(None, text)  # parses only; nothing listens
+    except (TypeError, OSError) as e:  # a missing or unknown parameter; an unreadable key file
+        raise ValueError(str(e)) from e
     return text
 
 
 def _client_endpoint(text):
-    clientFromString(None, text)
+    try:
+        clientFromString(None, text)
+    except (TypeError, OSError) as e:
+        raise ValueError(str(e)) from e
     return text
 
 
@@ -147,8 +154,8 @@ def _positive_int(text):
 
 def _positive_float(text):
     value = float(text)
-    if not value > 0:
-        raise ValueError("must be positive")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a positive number")
     return value
 
 
@@ -159,6 +166,12 @@ def _tag(text):
 
 
 def _text(text):
+    return text
+
+
+def _nonempty(text):
+    if not text:
+        raise ValueError("must not be empty")
     return text
 
 
@@ -176,7 +189,7 @@ SERVER_KEYS = {
     "public_interface": (_address, "Address the mapped public ports listen on."),
     "data_dir": (_text, "Directory for the SQLite database (mappings, history)."),
     "token": (_text, "Shared secret clients must prove they know."),
-    "admin_token": (_text, "Bearer token the admin API requires (needed off loopback)."),
+    "admin_token": (_nonempty, "Bearer token the admin API requires (needed off loopback)."),
     "window": (_window, "Per-channel flow-control window, bytes."),
     "ping_interval": (_positive_float, "Seconds of link silence before a ping."),
     "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),

@@ -99,9 +99,11 @@ class Registry:
     _round_robin = attr.ib(factory=dict)  # tag -> count of picks so far
 
     def seed_ids(self, last_client_id, last_channel_id):
-        """Continue numbering after ids already used (e.g. found in history)."""
-        self._client_ids = itertools.count((last_client_id or 0) + 1)
-        self._channel_ids = itertools.count((last_channel_id or 0) + 1)
+        """Continue numbering after ids already used (e.g. found in history),
+        and never below an id this registry has already handed out."""
+        self._client_ids = itertools.count(max((last_client_id or 0) + 1, next(self._client_ids)))
+        self._channel_ids = itertools.count(
+            max((last_channel_id or 0) + 1, next(self._channel_ids)))
 
     def new_client(self, ip, port, tag, now, link=None):
         session = ClientSession(
