@@ -184,6 +184,8 @@ class FrameDecoder:
         self._data_channel = 0
 
     def feed(self, data):
+        if self.stopped:
+            return
         end = len(data)
         pos = 0
         if self._data_left:

@@ -176,7 +176,8 @@ class Link(Protocol):
     def fail(self, reason, ftype=GOAWAY):
         """
         End the link because of ``reason`` (one sentence), telling the peer
-        why in a GOAWAY (or, during the handshake, a REFUSE) frame.
+        why in a GOAWAY frame (``ftype=REFUSE`` when the server refuses a
+        client's AUTH).
         """
         if self.closed:
             return
@@ -258,7 +259,8 @@ class Link(Protocol):
             self.fail("internal error")
 
     def _frameReceived(self, ftype, channel_id, payload):
-        if not self.established:
+        # GOAWAY may come at any time: a peer ending the handshake says why.
+        if not self.established and ftype != GOAWAY:
             self.handshakeFrameReceived(ftype, payload)
             return
         handler = self._handlers.get(ftype)
