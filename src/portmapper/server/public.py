@@ -63,7 +63,7 @@ class PublicProtocol(ChannelEnd):
         if self.channel is not None and not self.channel.closed:
             self.link.resetChannel(self.channel, reason)
         else:
-            self.transport.abortConnection()
+            self.transport.loseConnection()  # nothing was written to the user
 
     # -- from the link ------------------------------------------------------
 
@@ -77,7 +77,7 @@ class PublicProtocol(ChannelEnd):
                  channel_id=self.record.channel_id, target=self.mapping.target_ip,
                  port=self.mapping.target_port, reason=reason)
         self._decide(_OPEN_FAIL_REASONS.get(code, TARGET_REFUSED))
-        self.transport.abortConnection()
+        self.transport.loseConnection()  # nothing was written to the user
 
     def peerFinished(self):
         self._decide(TARGET_CLOSED)
