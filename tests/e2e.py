@@ -51,7 +51,7 @@ def server_options(data_dir, client_port=0, *extra):
     return options
 
 
-def client_options(client_port, token=TOKEN, *extra):
+def client_options(client_port, *extra, token=TOKEN):
     options = client_tap.Options()
     options.parseOptions([
         "--server", f"tcp:host=127.0.0.1:port={client_port}",
@@ -98,8 +98,8 @@ class Running:
         return public_port
 
 
-def start_client(testcase, client_port, token=TOKEN, *extra):
-    service = client_tap.makeService(client_options(client_port, token, *extra), reactor)
+def start_client(testcase, client_port, *extra, token=TOKEN):
+    service = client_tap.makeService(client_options(client_port, *extra, token=token), reactor)
     service.startService()
     testcase.addCleanup(service.stopService)
     return service

@@ -261,7 +261,7 @@ class AuthTests(TestCase):
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
-        start_client(self, running.server.client_port, "not-the-token")
+        start_client(self, running.server.client_port, token="not-the-token")
         yield wait_for(lambda: refused, what="the refusal")
         backend = Backend(Echo)
         public = yield running.map(backend.listen(self))
