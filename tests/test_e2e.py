@@ -17,6 +17,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from portmapper.protocol.mux import READ_SIZE
 from tests.e2e import (
     Backend, Echo, Running, connect, echo_roundtrip, free_port, in_thread,
     recv_all, recv_or_reset, start_client, wait_for,
@@ -215,8 +216,10 @@ class TunnelTests(TestCase):
         ch = channel.user.channel
         # The stall: the user's socket buffer is full and the client ran out of credit.
         yield wait_for(lambda: ch.write_paused and ch.credit_pending > 0, what="the stall")
-        window = self.server.settings.window
-        bound = window + 2 * 64 * 1024
+        # At most the channel's window plus what the transport holds before it
+        # pauses and the one read that crossed that mark.
+        self.assertLessEqual(ch.recv_window, self.server.settings.max_window)
+        bound = ch.recv_window + 2 * READ_SIZE
         for _ in range(30):
             self.assertLessEqual(buffered(channel.user.transport), bound)
             yield wait_for(lambda: True)

@@ -179,7 +179,9 @@ class HandshakeTests(SynchronousTestCase):
         self.assertTrue(auth.verify(TOKEN, slink.nonce, TAG, proof))
 
         slink.dataReceived(frames.auth(proof, tag))
-        self.assertEqual(written(slink), [(WELCOME, 0, struct.pack(">I", CLIENT_ID))])
+        welcome, *rest = written(slink)
+        self.assertEqual(welcome, (WELCOME, 0, struct.pack(">I", CLIENT_ID)))
+        self.assertEqual([ftype for ftype, _, _ in rest], [PING])  # timing the round trip
 
     def test_establishedLinkCarriesFrames(self):
         """After the handshake, each side answers the other's PING."""

@@ -63,9 +63,10 @@ class RecordingEnd(ChannelEnd):
 class BareLink(Link):
     """A Link with no handshake of its own, recording channel opens."""
 
-    def __init__(self, clock, window=WINDOW_SIZE):
+    def __init__(self, clock, window=WINDOW_SIZE, max_window=4 * WINDOW_SIZE):
         super().__init__(clock, window=window, ping_interval=PING_INTERVAL,
-                         ping_timeout=PING_TIMEOUT, handshake_timeout=HANDSHAKE_TIMEOUT)
+                         ping_timeout=PING_TIMEOUT, handshake_timeout=HANDSHAKE_TIMEOUT,
+                         max_window=max_window)
         self.opened = []
         self.failed = []
 
@@ -88,6 +89,7 @@ def makeLink(clock=None, window=WINDOW_SIZE, established=True):
     link.makeConnection(StringTransport())
     if established:
         link.establish()
+        link.transport.clear()  # the first PING, which measures the round trip
     return link
 
 
@@ -386,6 +388,7 @@ class OpenTests(SynchronousTestCase):
         link = Link(Clock())
         link.makeConnection(StringTransport())
         link.establish()
+        link.transport.clear()
         link.dataReceived(frames.open_channel(3, 5000, "h", 1))
         [(ftype, _, reason)] = sent(link)
         self.assertEqual(ftype, GOAWAY)
@@ -475,11 +478,11 @@ class PingTests(SynchronousTestCase):
         self.assertTrue(self.link.transport.disconnected)
 
     def test_busyLinkKept(self):
-        """A link that keeps hearing from its peer is neither pinged nor dropped."""
+        """A link that keeps hearing from its peer is not dropped; it only pings to time the round trip."""
         for _ in range(20):
             self.clock.advance(PING_INTERVAL / 2)
             receive(self.link, (PONG, 0, b"\0" * 8))
-        self.assertEqual(sent(self.link), [])
+        self.assertEqual({ftype for ftype, _, _ in sent(self.link)}, {PING})
         self.assertFalse(self.link.transport.disconnecting)
 
     def test_pongCountsAsHeard(self):
@@ -609,3 +612,82 @@ class EndToEndTests(SynchronousTestCase):
         self.b.dataReceived(b"answer")
         pump(self.left, self.right)
         self.assertEqual(self.a.transport.value(), b"answer")
+
+
+class WindowTuningTests(SynchronousTestCase):
+    """Windows grow to the link's bandwidth-delay product, up to a cap, and shrink when idle."""
+
+    RTT = 0.01
+
+    def setUp(self):
+        self.clock = Clock()
+        self.link = makeLink(self.clock)
+        self.link.rtt = self.RTT
+        self.end = addEnd(self.link)
+        self.ch = self.link.channels[1]
+
+    def credits(self):
+        return [struct.unpack(">I", payload)[0] for ftype, _, payload in sent(self.link) if ftype == WINDOW]
+
+    def test_roundTripMeasuredFromPong(self):
+        """A PONG echoing our PING's timestamp sets the round-trip time."""
+        link = makeLink(self.clock, established=False)
+        link.establish()
+        [(ftype, _, payload)] = sent(link)
+        self.assertEqual(ftype, PING)
+        self.clock.advance(0.05)
+        receive(link, (PONG, 0, payload))
+        self.assertAlmostEqual(link.rtt, 0.05)
+
+    def test_fastWindowDoubles(self):
+        """A whole window taken in within two round trips doubles the window, as extra credit."""
+        receive(self.link, (DATA, 1, b"x" * WINDOW_SIZE))
+        self.assertEqual(sum(self.credits()), 2 * WINDOW_SIZE)
+        self.assertEqual(self.ch.recv_window, 2 * WINDOW_SIZE)
+        self.assertEqual(self.ch.recv_allowed, 2 * WINDOW_SIZE)
+
+    def test_slowWindowStays(self):
+        """A window taken in over more than two round trips is not what limits: it stays."""
+        receive(self.link, (DATA, 1, b"x" * (WINDOW_SIZE // 2)))
+        self.clock.advance(3 * self.RTT)
+        receive(self.link, (DATA, 1, b"x" * (WINDOW_SIZE // 2)))
+        self.assertEqual(sum(self.credits()), WINDOW_SIZE)
+        self.assertEqual(self.ch.recv_window, WINDOW_SIZE)
+
+    def test_noGrowthWithoutRoundTrip(self):
+        """Before any round trip is measured, windows do not grow."""
+        self.link.rtt = None
+        receive(self.link, (DATA, 1, b"x" * WINDOW_SIZE))
+        self.assertEqual(self.ch.recv_window, WINDOW_SIZE)
+
+    def test_growthCapped(self):
+        """Windows stop growing at max_window, and the peer may then send exactly that much."""
+        for _ in range(6):
+            receive(self.link, (DATA, 1, b"x" * self.ch.recv_allowed))
+        self.assertEqual(self.ch.recv_window, 4 * WINDOW_SIZE)
+        receive(self.link, (DATA, 1, b"x" * (4 * WINDOW_SIZE)))
+        self.assertFalse(self.link.transport.disconnecting)
+        self.assertEqual(self.ch.recv_window, 4 * WINDOW_SIZE)
+
+    def test_idleWindowShrinks(self):
+        """A grown window idle for a keepalive interval shrinks back, withholding the difference."""
+        receive(self.link, (DATA, 1, b"x" * WINDOW_SIZE))
+        self.assertEqual(self.ch.recv_window, 2 * WINDOW_SIZE)
+        self.credits()
+        self.clock.advance(PING_INTERVAL)  # marks the channel
+        self.clock.advance(PING_INTERVAL)  # nothing since: shrink
+        self.assertEqual(self.ch.recv_window, WINDOW_SIZE)
+        # The peer may still use the credit it holds, but none comes back
+        # until the extra window is paid off: it is left with the initial window.
+        receive(self.link, (DATA, 1, b"x" * WINDOW_SIZE))
+        self.assertEqual(self.credits(), [])
+        self.assertEqual(self.ch.recv_allowed, WINDOW_SIZE)
+        self.assertFalse(self.link.transport.disconnecting)
+
+    def test_busyWindowKept(self):
+        """A grown window that keeps carrying data is not shrunk."""
+        receive(self.link, (DATA, 1, b"x" * WINDOW_SIZE))
+        for _ in range(3):
+            self.clock.advance(PING_INTERVAL)
+            receive(self.link, (DATA, 1, b"x" * (WINDOW_SIZE // 4)))
+        self.assertEqual(self.ch.recv_window, 2 * WINDOW_SIZE)

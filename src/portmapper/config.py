@@ -17,7 +17,9 @@ import attr
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
-from portmapper.protocol.mux import DEFAULT_WINDOW, HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT
+from portmapper.protocol.mux import (
+    DEFAULT_WINDOW, HANDSHAKE_TIMEOUT, MAX_WINDOW, PING_INTERVAL, PING_TIMEOUT,
+)
 
 
 @attr.s(frozen=True)
@@ -29,6 +31,7 @@ class ServerSettings:
     token = attr.ib(default="")
     admin_token = attr.ib(default=None)
     window = attr.ib(default=DEFAULT_WINDOW)
+    max_window = attr.ib(default=MAX_WINDOW)
     ping_interval = attr.ib(default=PING_INTERVAL)
     ping_timeout = attr.ib(default=PING_TIMEOUT)
     handshake_timeout = attr.ib(default=HANDSHAKE_TIMEOUT)
@@ -45,6 +48,7 @@ class ClientSettings:
     token = attr.ib(default="")
     allow = attr.ib(default=None)  # an AllowList, or None for any target
     window = attr.ib(default=DEFAULT_WINDOW)
+    max_window = attr.ib(default=MAX_WINDOW)
     connect_timeout = attr.ib(default=10.0)
     ping_interval = attr.ib(default=PING_INTERVAL)
     ping_timeout = attr.ib(default=PING_TIMEOUT)
@@ -190,7 +194,8 @@ SERVER_KEYS = {
     "data_dir": (_text, "Directory for the SQLite database (mappings, history)."),
     "token": (_text, "Shared secret clients must prove they know."),
     "admin_token": (_nonempty, "Bearer token the admin API requires (needed off loopback)."),
-    "window": (_window, "Per-channel flow-control window, bytes."),
+    "window": (_window, "Per-channel flow-control window to start with, bytes."),
+    "max_window": (_window, "Largest a channel's window may grow to on a long fat link, bytes."),
     "ping_interval": (_positive_float, "Seconds of link silence before a ping."),
     "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),
     "open_timeout": (_positive_float, "Seconds a channel may wait for its target."),
@@ -204,7 +209,8 @@ CLIENT_KEYS = {
     "tag": (_tag, "Tag announced to the server; mappings pick clients by tag."),
     "token": (_text, "Shared secret (the server's --token)."),
     "allow": (AllowList.parse, "Targets this client may open, e.g. '192.168.0.0/16:22,80'."),
-    "window": (_window, "Per-channel flow-control window, bytes."),
+    "window": (_window, "Per-channel flow-control window to start with, bytes."),
+    "max_window": (_window, "Largest a channel's window may grow to on a long fat link, bytes."),
     "connect_timeout": (_positive_float, "Seconds to wait for a target to accept."),
     "ping_interval": (_positive_float, "Seconds of link silence before a ping."),
     "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),

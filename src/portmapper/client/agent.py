@@ -4,8 +4,8 @@ each channel the server opens on it.
 
 ``ClientLink`` answers the server's HELLO with the HMAC proof of the token
 and its tag, then serves OPEN frames: it checks the allow-list, connects to
-the target (``HostnameEndpoint``: name resolution stays off the reactor
-thread) and answers OPEN_OK, or OPEN_FAIL with the reason the OS gave.
+the target (a name is resolved off the reactor thread) and answers OPEN_OK,
+or OPEN_FAIL with the reason the OS gave.
 ``makeClientService`` keeps the link up: ``ClientService`` redials forever
 with capped exponential backoff and jitter.  ``ClientService`` counts a
 connection as made once TCP connects; a link the server refuses (a wrong
@@ -13,11 +13,14 @@ token, say) must back off too, so the retry policy also counts the links
 that ended before the server welcomed them.
 """
 
+import ipaddress
 import random
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import (
+    HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, clientFromString,
+)
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -38,13 +41,28 @@ class _TargetFactory(Factory):
     noisy = False  # one per channel: too many to log
 
 
+def target_endpoint(reactor, host, port, timeout):
+    """
+    An endpoint for a target: an address is dialled as it is; a name goes
+    through ``HostnameEndpoint``, which resolves it off the reactor thread
+    (and so costs a thread hop per connection, worth skipping for addresses).
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+    endpoint_type = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
+    return endpoint_type(reactor, host, port, timeout=timeout)
+
+
 class ClientLink(Link):
     def __init__(self, factory):
         settings = factory.settings
         super().__init__(factory.reactor, window=settings.window,
                          ping_interval=settings.ping_interval,
                          ping_timeout=settings.ping_timeout,
-                         handshake_timeout=settings.handshake_timeout)
+                         handshake_timeout=settings.handshake_timeout,
+                         max_window=settings.max_window)
         self.factory = factory
         self.settings = settings
         self.reactor = factory.reactor
@@ -64,7 +82,7 @@ class ClientLink(Link):
                     f"the server speaks protocol version {version}, this client {PROTOCOL_VERSION}")
             self._hello_seen = True
             tag = self.settings.tag
-            self.transport.write(frames.auth(auth.proof(self.settings.token, nonce, tag), tag))
+            self.sendFrame(frames.auth(auth.proof(self.settings.token, nonce, tag), tag))
         elif ftype == WELCOME and self._hello_seen:
             self.client_id = frames.parse_u32(payload, "WELCOME")
             self.establish()
@@ -93,12 +111,11 @@ class ClientLink(Link):
         allow = self.settings.allow
         if allow is not None and not allow.allows(host, port):
             log.warn("refused to open {host}:{port}: not in the allow-list", host=host, port=port)
-            self.transport.write(frames.open_fail(
+            self.sendFrame(frames.open_fail(
                 channel_id, frames.FAIL_DENIED, f"{host}:{port} is not in this client's allow-list"))
             return
-        endpoint = HostnameEndpoint(self.reactor, host, port,
-                                    timeout=self.settings.connect_timeout)
-        d = endpoint.connect(_TargetFactory())
+        d = target_endpoint(self.reactor, host, port, self.settings.connect_timeout).connect(
+            _TargetFactory())
         self._connecting[channel_id] = d
         d.addCallbacks(self._targetConnected, self._targetFailed,
                        callbackArgs=(channel_id, window), errbackArgs=(channel_id, host, port))
@@ -106,7 +123,7 @@ class ClientLink(Link):
     def _targetConnected(self, target, channel_id, window):
         del self._connecting[channel_id]
         self.addChannel(channel_id, target, send_credit=window)
-        self.transport.write(frames.open_ok(channel_id, self.window))
+        self.sendFrame(frames.open_ok(channel_id, self.window))
 
     def _targetFailed(self, failure, channel_id, host, port):
         if failure.check(CancelledError):
@@ -120,7 +137,7 @@ class ClientLink(Link):
         else:
             log.failure("connecting to {host}:{port} failed", failure, host=host, port=port)
             code = frames.FAIL_REFUSED
-        self.transport.write(frames.open_fail(channel_id, code, f"{host}:{port}: {why}"))
+        self.sendFrame(frames.open_fail(channel_id, code, f"{host}:{port}: {why}"))
 
     def _onReset(self, channel_id, payload):
         connecting = self._connecting.pop(channel_id, None)

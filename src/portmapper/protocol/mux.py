@@ -19,8 +19,18 @@ one window plus socket buffers on the far end, and stalls only its own
 channel.  When the link's own write buffer fills, the channels that write to
 it stop reading too, until it drains.
 
+Windows tune themselves to the link's bandwidth-delay product: each end
+measures the link's round-trip time with PING/PONG, and when a channel's
+receiver has taken in a whole window in less than two round trips (the
+window, not the reader, is what limits it) it doubles the window by giving
+extra credit, up to ``max_window``.  A grown window idle for a keepalive
+interval shrinks back to the initial size, by withholding that much of the
+credit it would return next, so idle channels hold little memory.
+
 Nothing here imports a reactor: time comes from the ``clock`` given.
 """
+
+import struct
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
@@ -34,20 +44,30 @@ from portmapper.protocol.frames import (
 )
 
 DEFAULT_WINDOW = 256 * 1024
+MAX_WINDOW = 16 * 1024 * 1024
+READ_SIZE = 256 * 1024
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 5.0
 HANDSHAKE_MAX_CONTROL = 512  # the largest frame accepted before the handshake is done
 
+_TIMESTAMP = struct.Struct(">d")
+
 log = Logger()
 
 
-def set_nodelay(transport):
-    """Turn off Nagle's algorithm on ``transport`` if it is TCP underneath."""
+def tune_transport(transport):
+    """
+    Turn off Nagle's algorithm and read in large chunks, where ``transport``
+    is TCP underneath.  (Twisted's ``bufferSize`` is both the most it reads
+    per call and the write-buffer size past which it pauses a producer.)
+    """
     try:
         transport.setTcpNoDelay(True)
     except (AttributeError, OSError):
         pass
+    if isinstance(getattr(transport, "bufferSize", None), int):
+        transport.bufferSize = READ_SIZE
 
 
 class _Counter:
@@ -71,21 +91,27 @@ class ChannelState:
     """
 
     __slots__ = (
-        "id", "link", "end", "send_credit", "recv_window", "recv_outstanding",
-        "credit_pending", "credit_batch", "pending", "write_paused", "reading",
-        "credit_blocked", "link_blocked", "read_eof", "fin_pending", "fin_sent",
-        "fin_received", "closed",
+        "id", "link", "end", "send_credit", "recv_window", "recv_allowed",
+        "credit_pending", "credit_batch", "debt", "epoch_start", "epoch_bytes",
+        "idle_mark", "pending", "write_paused", "reading", "credit_blocked",
+        "link_blocked", "read_eof", "fin_pending", "fin_sent", "fin_received",
+        "closed",
     )
 
-    def __init__(self, channel_id, link, end, recv_window, send_credit=0, reading=True):
+    def __init__(self, channel_id, link, end, recv_window, send_credit=0, reading=True, now=0.0):
         self.id = channel_id
         self.link = link
         self.end = end  # the ChannelEnd (local connection)
         self.send_credit = send_credit  # bytes we may still send
-        self.recv_window = recv_window  # bytes the peer may have outstanding
-        self.recv_outstanding = 0  # received and not yet credited back
+        # receiving: the window we aim for, and what the peer may still send
+        self.recv_window = recv_window
+        self.recv_allowed = recv_window  # credit given minus bytes received
         self.credit_pending = 0  # written locally, credit not yet sent
         self.credit_batch = max(1, recv_window // 4)
+        self.debt = 0  # credit to withhold, shrinking the window
+        self.epoch_start = now  # window tuning: when the current window began
+        self.epoch_bytes = 0  # bytes credited since then
+        self.idle_mark = None  # recv_allowed at the last keepalive tick
         self.pending = []  # data waiting for credit
         self.write_paused = False  # local transport's write buffer is full
         self.reading = reading  # local transport is reading
@@ -121,9 +147,13 @@ class Link(Protocol):
     """
 
     def __init__(self, clock, window=DEFAULT_WINDOW, ping_interval=PING_INTERVAL,
-                 ping_timeout=PING_TIMEOUT, handshake_timeout=HANDSHAKE_TIMEOUT):
+                 ping_timeout=PING_TIMEOUT, handshake_timeout=HANDSHAKE_TIMEOUT,
+                 max_window=MAX_WINDOW):
         self.clock = clock
         self.window = window
+        self.max_window = max(window, max_window)
+        self.rtt = None  # seconds, smoothed, from PING/PONG
+        self._grown = set()  # channels whose window is above ``window``
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.handshake_timeout = handshake_timeout
@@ -149,7 +179,7 @@ class Link(Protocol):
     # -- connection life -------------------------------------------------
 
     def connectionMade(self):
-        set_nodelay(self.transport)
+        tune_transport(self.transport)
         self.transport.registerProducer(self, True)
         self._timers["handshake"] = self.clock.callLater(
             self.handshake_timeout, self.fail, "the handshake did not finish in time")
@@ -160,6 +190,7 @@ class Link(Protocol):
         self.established = True
         self.decoder.max_control = frames.MAX_CONTROL
         self._cancelTimer("handshake")
+        self._ping()  # a first round-trip time for window tuning
         self.linkEstablished()
 
     def connectionLost(self, reason):
@@ -184,7 +215,7 @@ class Link(Protocol):
         log.warn("tunnel link to {peer} ended: {reason}", peer=self._peerText(), reason=reason)
         self.decoder.stopped = True
         self.closed = True
-        self.transport.write(frames.reason_frame(ftype, 0, reason))
+        self.sendFrame(frames.reason_frame(ftype, 0, reason))
         self.transport.unregisterProducer()
         self.transport.loseConnection()
         # A peer that never reads must not keep the connection open.
@@ -240,9 +271,26 @@ class Link(Protocol):
             self._timers.pop("keepalive", None)
             self.fail(f"nothing heard for {self._idle:g} seconds")
             return
-        if self._idle and self.established:
-            self.transport.write(frames.encode(PING, 0, b"\0" * 8))
+        if self.established:
+            self._ping()
+            self._shrinkIdleWindows()
         self._timers["keepalive"] = self.clock.callLater(self.ping_interval, self._keepalive)
+
+    def _ping(self):
+        self.sendFrame(frames.encode(PING, 0, _TIMESTAMP.pack(self.clock.seconds())))
+
+    def _shrinkIdleWindows(self):
+        """Channels whose grown window saw no traffic since the last tick go back to ``window``."""
+        for ch in list(self._grown):
+            if ch.closed:
+                self._grown.discard(ch)
+            elif ch.idle_mark == ch.recv_allowed:
+                ch.debt += ch.recv_window - self.window
+                ch.recv_window = self.window
+                ch.credit_batch = max(1, self.window // 4)
+                self._grown.discard(ch)
+            else:
+                ch.idle_mark = ch.recv_allowed
 
     # -- receiving --------------------------------------------------------
 
@@ -275,8 +323,8 @@ class Link(Protocol):
                 raise ProtocolError("DATA frame before the handshake")
             return  # a channel we closed; its RESET is on its way
         n = len(chunk)
-        ch.recv_outstanding += n
-        if ch.recv_outstanding > ch.recv_window:
+        ch.recv_allowed -= n
+        if ch.recv_allowed < 0:
             raise ProtocolError(f"channel {channel_id} sent beyond its window")
         ch.end.deliver(chunk)
         ch.credit_pending += n
@@ -331,10 +379,14 @@ class Link(Protocol):
             ch.end.peerReset(frames.parse_reason(payload))
 
     def _onPing(self, channel_id, payload):
-        self.transport.write(frames.encode(PONG, 0, payload[:8]))
+        self.sendFrame(frames.encode(PONG, 0, payload[:8]))
 
     def _onPong(self, channel_id, payload):
-        pass
+        if len(payload) != _TIMESTAMP.size:
+            return
+        sample = self.clock.seconds() - _TIMESTAMP.unpack(payload)[0]
+        if 0 <= sample < self.ping_timeout:
+            self.rtt = sample if self.rtt is None else 0.75 * self.rtt + 0.25 * sample
 
     def _onGoaway(self, channel_id, payload):
         log.info("tunnel link to {peer} closed by the peer: {reason}",
@@ -344,13 +396,25 @@ class Link(Protocol):
 
     # -- sending, called by ChannelEnd and subclasses ----------------------
 
+    def sendFrame(self, frame):
+        """Write one whole (control) frame to the link, counting its bytes."""
+        self.meter.send_bytes += len(frame)
+        self.transport.write(frame)
+
     def addChannel(self, channel_id, end, send_credit=0, reading=True):
         """Start tracking channel ``channel_id`` carried to/from ``end``."""
-        ch = ChannelState(channel_id, self, end, self.window, send_credit, reading)
+        ch = ChannelState(channel_id, self, end, self.window, send_credit, reading,
+                          self.clock.seconds())
         self.channels[channel_id] = ch
         end.channel = ch
         end.link = self
         end.transport.registerProducer(ch, True)
+        return ch
+
+    def openChannel(self, channel_id, end, host, port):
+        """Ask the peer to open ``channel_id`` to ``host:port``; ``end`` is not read until it has."""
+        ch = self.addChannel(channel_id, end, send_credit=0, reading=False)
+        self.sendFrame(frames.open_channel(channel_id, self.window, host, port))
         return ch
 
     def sendData(self, ch, data):
@@ -405,7 +469,7 @@ class Link(Protocol):
     def _writeFin(self, ch):
         ch.fin_pending = False
         ch.fin_sent = True
-        self.transport.write(frames.encode(FIN, ch.id))
+        self.sendFrame(frames.encode(FIN, ch.id))
 
     def localClosed(self, ch, reason):
         """``ch``'s local connection is gone; forget the channel, telling the peer if needed."""
@@ -415,7 +479,7 @@ class Link(Protocol):
         ch.pending = []
         self.channels.pop(ch.id, None)
         if not (ch.fin_sent and ch.fin_received) and not self.closed:
-            self.transport.write(frames.reason_frame(RESET, ch.id, reason))
+            self.sendFrame(frames.reason_frame(RESET, ch.id, reason))
 
     def resetChannel(self, ch, reason):
         """Close ``ch`` at both ends now (e.g. an operator's order)."""
@@ -423,10 +487,34 @@ class Link(Protocol):
         ch.end.peerReset(reason)
 
     def _sendCredit(self, ch):
+        """Return the credit of the bytes ``ch`` has written locally, tuning its window."""
         n = ch.credit_pending
         ch.credit_pending = 0
-        ch.recv_outstanding -= n
-        self.transport.write(frames.window_update(ch.id, n))
+        ch.epoch_bytes += n
+        if ch.epoch_bytes >= ch.recv_window:
+            n += self._tuneWindow(ch)
+        if ch.debt:
+            withheld = min(ch.debt, n)
+            ch.debt -= withheld
+            n -= withheld
+        if n:
+            ch.recv_allowed += n
+            self.sendFrame(frames.window_update(ch.id, n))
+
+    def _tuneWindow(self, ch):
+        """A whole window has been taken in: double it if that took under two round trips."""
+        now = self.clock.seconds()
+        grow = 0
+        rtt = self.rtt
+        if (rtt is not None and ch.recv_window < self.max_window
+                and now - ch.epoch_start < 2 * rtt and not ch.debt):
+            grow = min(ch.recv_window, self.max_window - ch.recv_window)
+            ch.recv_window += grow
+            ch.credit_batch = ch.recv_window // 4
+            self._grown.add(ch)
+        ch.epoch_start = now
+        ch.epoch_bytes = 0
+        return grow
 
     # -- reading on and off ------------------------------------------------
 
@@ -475,7 +563,7 @@ class ChannelEnd(Protocol):
     _write_eof = False
 
     def connectionMade(self):
-        set_nodelay(self.transport)
+        tune_transport(self.transport)
         if self.meter is None:
             self.meter = _Counter()
 

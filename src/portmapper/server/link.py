@@ -25,7 +25,7 @@ class ServerLink(Link):
     def __init__(self, server):
         s = server.settings
         super().__init__(server.clock, window=s.window, ping_interval=s.ping_interval,
-                         ping_timeout=s.ping_timeout, handshake_timeout=s.handshake_timeout)
+                         ping_timeout=s.ping_timeout, handshake_timeout=s.handshake_timeout, max_window=s.max_window)
         self.server = server
         self.session = None
         self.nonce = auth.make_nonce()
@@ -34,7 +34,7 @@ class ServerLink(Link):
 
     def connectionMade(self):
         super().connectionMade()
-        self.transport.write(frames.hello(self.nonce))
+        self.sendFrame(frames.hello(self.nonce))
 
     def handshakeFrameReceived(self, ftype, payload):
         if ftype != AUTH:
@@ -54,7 +54,7 @@ class ServerLink(Link):
         self.session.meter.recv_bytes += self.meter.recv_bytes
         self.session.meter.send_bytes += self.meter.send_bytes
         self.meter = self.session.meter
-        self.transport.write(frames.welcome(self.session.client_id))
+        self.sendFrame(frames.welcome(self.session.client_id))
         self.establish()
 
     def refuse(self, reason):

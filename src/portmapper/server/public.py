@@ -46,10 +46,7 @@ class PublicProtocol(ChannelEnd):
             return
         record.client_id = session.client_id
         session.channels.add(record.channel_id)
-        link = session.link
-        link.addChannel(record.channel_id, self, send_credit=0, reading=False)
-        link.transport.write(frames.open_channel(
-            record.channel_id, link.window, mapping.target_ip, mapping.target_port))
+        session.link.openChannel(record.channel_id, self, mapping.target_ip, mapping.target_port)
         self._open_timer = server.clock.callLater(
             server.settings.open_timeout, self.close, TIMEOUT)
 
