@@ -37,6 +37,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from portmapper.directwrite import direct_writers
 from portmapper.protocol import frames
 from portmapper.protocol.frames import (
     DATA, FIN, GOAWAY, MAX_DATA, OPEN, OPEN_FAIL, OPEN_OK, PING, PONG, RESET,
@@ -180,6 +181,7 @@ class Link(Protocol):
 
     def connectionMade(self):
         tune_transport(self.transport)
+        self._write, self._writeSequence = direct_writers(self.transport)
         self.transport.registerProducer(self, True)
         self._timers["handshake"] = self.clock.callLater(
             self.handshake_timeout, self.fail, "the handshake did not finish in time")
@@ -399,7 +401,7 @@ class Link(Protocol):
     def sendFrame(self, frame):
         """Write one whole (control) frame to the link, counting its bytes."""
         self.meter.send_bytes += len(frame)
-        self.transport.write(frame)
+        self._write(frame)
 
     def addChannel(self, channel_id, end, send_credit=0, reading=True):
         """Start tracking channel ``channel_id`` carried to/from ``end``."""
@@ -423,7 +425,7 @@ class Link(Protocol):
         if n <= ch.send_credit and not ch.pending and n <= MAX_DATA:
             ch.send_credit -= n
             self.meter.send_bytes += n + 9
-            self.transport.writeSequence([frames.data_header(ch.id, n), data])
+            self._writeSequence([frames.data_header(ch.id, n), data])
             if ch.send_credit <= 0:
                 ch.credit_blocked = True
                 self._pauseReading(ch)
@@ -441,7 +443,7 @@ class Link(Protocol):
     def _flushPending(self, ch):
         """Send as much of ``ch``'s waiting data as its credit allows."""
         pending = ch.pending
-        write = self.transport.writeSequence
+        write = self._writeSequence
         while pending and ch.send_credit > 0:
             data = pending[0]
             n = min(len(data), ch.send_credit, MAX_DATA)
@@ -564,6 +566,7 @@ class ChannelEnd(Protocol):
 
     def connectionMade(self):
         tune_transport(self.transport)
+        self._write = direct_writers(self.transport)[0]
         if self.meter is None:
             self.meter = _Counter()
 
@@ -593,7 +596,7 @@ class ChannelEnd(Protocol):
 
     def deliver(self, data):
         self.meter.send_bytes += len(data)
-        self.transport.write(data)
+        self._write(data)
 
     def peerFinished(self):
         """The far end sent FIN: shut our write side once the buffer is out."""

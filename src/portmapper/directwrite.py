@@ -1,0 +1,83 @@
+"""
+Writing to a TCP transport at once, rather than on the reactor's next turn.
+
+Twisted's ``transport.write`` only queues: the bytes go out when the reactor
+next finds the socket writable, which costs two ``epoll_ctl`` calls (start
+and stop watching for writability) and one more ``epoll_wait`` per write.
+On a relay that writes every chunk it reads, that is most of the overhead
+per chunk, and a round trip through the tunnel pays it once per hop.
+
+``direct_writers(transport)`` returns ``(write, writeSequence)`` for the
+transport.  For a plain TCP transport (``twisted.internet.tcp.Connection``
+without TLS) whose write buffer is empty, they hand the bytes straight to the
+socket (``sendmsg`` gathers a header and its payload without joining them);
+whatever the socket does not take, and every write while the transport still
+holds queued bytes, is closing, or runs TLS, goes through the transport's
+own ``write``/``writeSequence``, so ordering, producer pausing and error
+handling stay Twisted's.  For any other transport they are the transport's
+own methods.
+
+This reads a few of Twisted's attributes (``socket``, ``dataBuffer``,
+``offset``, ``_tempDataLen``, ``_writeDisconnecting``, ``TLS``), checked once
+per transport; a Twisted without them gets the ordinary path.
+"""
+
+from twisted.internet import tcp
+
+_NEEDED = ("socket", "dataBuffer", "offset", "_tempDataLen", "_writeDisconnecting",
+           "disconnecting", "connected")
+
+
+def direct_writers(transport):
+    """``(write, writeSequence)`` for ``transport``; see the module docstring."""
+    if not isinstance(transport, tcp.Connection) or not all(
+            hasattr(transport, name) for name in _NEEDED):
+        return transport.write, transport.writeSequence
+
+    t = transport
+    queue_one = t.write
+    queue_many = t.writeSequence
+    send = t.socket.send
+    sendmsg = t.socket.sendmsg
+
+    def idle():
+        """True when the transport queues nothing and may be written to directly."""
+        return (not t._tempDataLen and t.offset == len(t.dataBuffer) and t.connected
+                and not t.disconnecting and not t._writeDisconnecting
+                and not getattr(t, "TLS", False))
+
+    def write(data):
+        if not idle():
+            queue_one(data)
+            return
+        try:
+            sent = send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            queue_one(data)  # Twisted finds the error on its own write and reports it
+            return
+        if sent < len(data):
+            queue_one(data[sent:])
+
+    def writeSequence(chunks):
+        if not idle():
+            queue_many(chunks)
+            return
+        try:
+            sent = sendmsg(chunks)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            queue_many(chunks)
+            return
+        for i, chunk in enumerate(chunks):
+            if sent < len(chunk):
+                rest = chunks[i:]
+                if sent:
+                    rest[0] = chunk[sent:]
+                queue_many(rest)
+                return
+            sent -= len(chunk)
+
+    return write, writeSequence
