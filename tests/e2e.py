@@ -89,10 +89,10 @@ class Running:
         return response.code, json.loads(body)
 
     @inlineCallbacks
-    def map(self, target_port, tag="default", public_port=None):
+    def map(self, target_port, tag="default", public_port=None, target_host="127.0.0.1"):
         public_port = public_port or free_port()
         code, body = yield self.api("POST", "/port_mapper", port=str(public_port),
-                                    mapper_ip="127.0.0.1", mapper_port=str(target_port),
+                                    mapper_ip=target_host, mapper_port=str(target_port),
                                     mapper_tag=tag)
         assert code == 200, body
         return public_port

@@ -106,6 +106,12 @@ class TunnelTests(TestCase):
         self.assertTrue(got == data)
 
     @inlineCallbacks
+    def test_target_by_name(self):
+        """A mapping whose target is a host name is resolved by the client and carries data."""
+        public = yield self.running.map(Backend(Echo).listen(self), target_host="localhost")
+        self.assertEqual((yield in_thread(echo_roundtrip, public, b"by name")), b"by name")
+
+    @inlineCallbacks
     def test_half_close(self):
         """A user's shutdown(SHUT_WR) reaches the target as EOF and its reply still comes back."""
         public = yield self.running.map(Backend(ReplyAtEOF).listen(self))

@@ -17,12 +17,9 @@ import ipaddress
 import random
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import CancelledError
-from twisted.internet.endpoints import (
-    HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, clientFromString,
-)
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.internet.error import ConnectError, TimeoutError
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 
 from portmapper.protocol import auth, frames
@@ -35,24 +32,58 @@ log = Logger()
 class TargetProtocol(ChannelEnd):
     """The connection to a mapping's target, carrying one channel."""
 
+    def connectionMade(self):
+        super().connectionMade()
+        self.factory.connected(self)
 
-class _TargetFactory(Factory):
+
+class TargetDial(ClientFactory):
+    """
+    Dialling one channel's target; tells the link once, either way.
+
+    An address is dialled with ``connectTCP``; a name goes through
+    ``HostnameEndpoint``, which resolves it off the reactor thread.  (The
+    endpoint also wraps the protocol, a thread hop and an extra call per
+    read that addresses, the common case, do without.)
+    """
+
     protocol = TargetProtocol
     noisy = False  # one per channel: too many to log
 
+    def __init__(self, link, channel_id, window, host, port):
+        self.link = link
+        self.channel_id = channel_id
+        self.window = window
+        self.host = host
+        self.port = port
+        self._cancel = None
+        self.cancelled = False
 
-def target_endpoint(reactor, host, port, timeout):
-    """
-    An endpoint for a target: an address is dialled as it is; a name goes
-    through ``HostnameEndpoint``, which resolves it off the reactor thread
-    (and so costs a thread hop per connection, worth skipping for addresses).
-    """
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
-    endpoint_type = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
-    return endpoint_type(reactor, host, port, timeout=timeout)
+    def start(self, reactor, timeout):
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            d = HostnameEndpoint(reactor, self.host, self.port, timeout=timeout).connect(self)
+            d.addErrback(self._failed)
+            self._cancel = d.cancel
+        else:
+            connector = reactor.connectTCP(self.host, self.port, self, timeout=timeout)
+            self._cancel = connector.stopConnecting
+
+    def cancel(self):
+        """The server gave up on this channel, or the link is gone."""
+        self.cancelled = True
+        self._cancel()
+
+    def connected(self, target):
+        self.link._targetConnected(self, target)
+
+    def clientConnectionFailed(self, connector, reason):
+        self._failed(reason)
+
+    def _failed(self, failure):
+        if not self.cancelled:
+            self.link._targetFailed(self, failure)
 
 
 class ClientLink(Link):
@@ -68,7 +99,7 @@ class ClientLink(Link):
         self.reactor = factory.reactor
         self.client_id = None  # given by the server's WELCOME
         self._hello_seen = False
-        self._connecting = {}  # channel id -> Deferred of the target connection
+        self._connecting = {}  # channel id -> TargetDial
 
     # -- handshake ------------------------------------------------------------
 
@@ -98,8 +129,8 @@ class ClientLink(Link):
             raise ProtocolError(f"unexpected {frames.NAMES[ftype]} frame during the handshake")
 
     def linkClosed(self, reason):
-        for d in list(self._connecting.values()):
-            d.cancel()
+        for dial in list(self._connecting.values()):
+            dial.cancel()
         if self.client_id is None:
             self.factory.unwelcomed += 1
         else:
@@ -114,20 +145,17 @@ class ClientLink(Link):
             self.sendFrame(frames.open_fail(
                 channel_id, frames.FAIL_DENIED, f"{host}:{port} is not in this client's allow-list"))
             return
-        d = target_endpoint(self.reactor, host, port, self.settings.connect_timeout).connect(
-            _TargetFactory())
-        self._connecting[channel_id] = d
-        d.addCallbacks(self._targetConnected, self._targetFailed,
-                       callbackArgs=(channel_id, window), errbackArgs=(channel_id, host, port))
+        dial = TargetDial(self, channel_id, window, host, port)
+        self._connecting[channel_id] = dial
+        dial.start(self.reactor, self.settings.connect_timeout)
 
-    def _targetConnected(self, target, channel_id, window):
-        del self._connecting[channel_id]
-        self.addChannel(channel_id, target, send_credit=window)
-        self.sendFrame(frames.open_ok(channel_id, self.window))
+    def _targetConnected(self, dial, target):
+        del self._connecting[dial.channel_id]
+        self.addChannel(dial.channel_id, target, send_credit=dial.window)
+        self.sendFrame(frames.open_ok(dial.channel_id, self.window))
 
-    def _targetFailed(self, failure, channel_id, host, port):
-        if failure.check(CancelledError):
-            return  # the server gave up on it, or the link is gone
+    def _targetFailed(self, dial, failure):
+        channel_id, host, port = dial.channel_id, dial.host, dial.port
         del self._connecting[channel_id]
         why = failure.getErrorMessage()
         if failure.check(TimeoutError):
