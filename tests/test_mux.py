@@ -23,7 +23,7 @@ from portmapper.protocol import frames
 from portmapper.protocol.frames import (
     DATA, FIN, GOAWAY, PING, PONG, RESET, WINDOW, FrameDecoder,
 )
-from portmapper.protocol.mux import ChannelEnd, Link
+from portmapper.protocol.mux import WINDOW_GROWTH, ChannelEnd, Link
 
 WINDOW_SIZE = 1024
 BATCH = WINDOW_SIZE // 4
@@ -63,7 +63,7 @@ class RecordingEnd(ChannelEnd):
 class BareLink(Link):
     """A Link with no handshake of its own, recording channel opens."""
 
-    def __init__(self, clock, window=WINDOW_SIZE, max_window=4 * WINDOW_SIZE):
+    def __init__(self, clock, window=WINDOW_SIZE, max_window=WINDOW_GROWTH ** 2 * WINDOW_SIZE):
         super().__init__(clock, window=window, ping_interval=PING_INTERVAL,
                          ping_timeout=PING_TIMEOUT, handshake_timeout=HANDSHAKE_TIMEOUT,
                          max_window=max_window)
@@ -639,12 +639,13 @@ class WindowTuningTests(SynchronousTestCase):
         receive(link, (PONG, 0, payload))
         self.assertAlmostEqual(link.rtt, 0.05)
 
-    def test_fastWindowDoubles(self):
-        """A whole window taken in within two round trips doubles the window, as extra credit."""
+    def test_fastWindowGrows(self):
+        """A whole window taken in within two round trips grows the window, as extra credit."""
         receive(self.link, (DATA, 1, b"x" * WINDOW_SIZE))
-        self.assertEqual(sum(self.credits()), 2 * WINDOW_SIZE)
-        self.assertEqual(self.ch.recv_window, 2 * WINDOW_SIZE)
-        self.assertEqual(self.ch.recv_allowed, 2 * WINDOW_SIZE)
+        grown = WINDOW_GROWTH * WINDOW_SIZE
+        self.assertEqual(sum(self.credits()), grown)
+        self.assertEqual(self.ch.recv_window, grown)
+        self.assertEqual(self.ch.recv_allowed, grown)
 
     def test_slowWindowStays(self):
         """A window taken in over more than two round trips is not what limits: it stays."""
@@ -664,22 +665,24 @@ class WindowTuningTests(SynchronousTestCase):
         """Windows stop growing at max_window, and the peer may then send exactly that much."""
         for _ in range(6):
             receive(self.link, (DATA, 1, b"x" * self.ch.recv_allowed))
-        self.assertEqual(self.ch.recv_window, 4 * WINDOW_SIZE)
-        receive(self.link, (DATA, 1, b"x" * (4 * WINDOW_SIZE)))
+        cap = WINDOW_GROWTH ** 2 * WINDOW_SIZE
+        self.assertEqual(self.ch.recv_window, cap)
+        receive(self.link, (DATA, 1, b"x" * cap))
         self.assertFalse(self.link.transport.disconnecting)
-        self.assertEqual(self.ch.recv_window, 4 * WINDOW_SIZE)
+        self.assertEqual(self.ch.recv_window, cap)
 
     def test_idleWindowShrinks(self):
         """A grown window idle for a keepalive interval shrinks back, withholding the difference."""
         receive(self.link, (DATA, 1, b"x" * WINDOW_SIZE))
-        self.assertEqual(self.ch.recv_window, 2 * WINDOW_SIZE)
+        self.assertEqual(self.ch.recv_window, WINDOW_GROWTH * WINDOW_SIZE)
         self.credits()
         self.clock.advance(PING_INTERVAL)  # marks the channel
         self.clock.advance(PING_INTERVAL)  # nothing since: shrink
         self.assertEqual(self.ch.recv_window, WINDOW_SIZE)
         # The peer may still use the credit it holds, but none comes back
         # until the extra window is paid off: it is left with the initial window.
-        receive(self.link, (DATA, 1, b"x" * WINDOW_SIZE))
+        extra = (WINDOW_GROWTH - 1) * WINDOW_SIZE
+        receive(self.link, (DATA, 1, b"x" * extra))
         self.assertEqual(self.credits(), [])
         self.assertEqual(self.ch.recv_allowed, WINDOW_SIZE)
         self.assertFalse(self.link.transport.disconnecting)
@@ -690,4 +693,4 @@ class WindowTuningTests(SynchronousTestCase):
         for _ in range(3):
             self.clock.advance(PING_INTERVAL)
             receive(self.link, (DATA, 1, b"x" * (WINDOW_SIZE // 4)))
-        self.assertEqual(self.ch.recv_window, 2 * WINDOW_SIZE)
+        self.assertEqual(self.ch.recv_window, WINDOW_GROWTH * WINDOW_SIZE)

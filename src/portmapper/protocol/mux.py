@@ -22,8 +22,9 @@ it stop reading too, until it drains.
 Windows tune themselves to the link's bandwidth-delay product: each end
 measures the link's round-trip time with PING/PONG, and when a channel's
 receiver has taken in a whole window in less than two round trips (the
-window, not the reader, is what limits it) it doubles the window by giving
-extra credit, up to ``max_window``.  A grown window idle for a keepalive
+window, not the reader, is what limits it) it makes the window four times
+larger by giving extra credit, up to ``max_window``: a window limits a
+channel to ``window / rtt``, so 16 MiB carries 160 MB/s over a 100 ms link.  A grown window idle for a keepalive
 interval shrinks back to the initial size, by withholding that much of the
 credit it would return next, so idle channels hold little memory.
 
@@ -46,6 +47,7 @@ from portmapper.protocol.frames import (
 
 DEFAULT_WINDOW = 256 * 1024
 MAX_WINDOW = 16 * 1024 * 1024
+WINDOW_GROWTH = 4  # how much larger a window gets each time it is found too small
 READ_SIZE = 256 * 1024
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 30.0
@@ -504,13 +506,13 @@ class Link(Protocol):
             self.sendFrame(frames.window_update(ch.id, n))
 
     def _tuneWindow(self, ch):
-        """A whole window has been taken in: double it if that took under two round trips."""
+        """A whole window has been taken in: grow it if that took under two round trips."""
         now = self.clock.seconds()
         grow = 0
         rtt = self.rtt
         if (rtt is not None and ch.recv_window < self.max_window
                 and now - ch.epoch_start < 2 * rtt and not ch.debt):
-            grow = min(ch.recv_window, self.max_window - ch.recv_window)
+            grow = min(ch.recv_window * (WINDOW_GROWTH - 1), self.max_window - ch.recv_window)
             ch.recv_window += grow
             ch.credit_batch = ch.recv_window // 4
             self._grown.add(ch)
