@@ -48,7 +48,9 @@ class FailureTests(TestCase):
         yield self.startWith()
         public = yield self.running.map(free_port())
         row = yield self.userIsCutOff(public)
-        self.assertEqual((row["close_reason"], row["recv_bytes"]), ("target refused", 0))
+        # The user's first bytes went with the open, as early data.
+        self.assertEqual((row["close_reason"], row["recv_bytes"], row["send_bytes"]),
+                         ("target refused", len(b"hello"), 0))
 
     @inlineCallbacks
     def test_allow_list_denies(self):

@@ -23,7 +23,7 @@ from portmapper.protocol import frames
 from portmapper.protocol.frames import (
     DATA, FIN, GOAWAY, PING, PONG, RESET, WINDOW, FrameDecoder,
 )
-from portmapper.protocol.mux import WINDOW_GROWTH, ChannelEnd, Link
+from portmapper.protocol.mux import EARLY_DATA, WINDOW_GROWTH, ChannelEnd, Link
 
 WINDOW_SIZE = 1024
 BATCH = WINDOW_SIZE // 4
@@ -189,17 +189,37 @@ class SenderWindowTests(SynchronousTestCase):
         self.assertEqual(sent(self.link), [])
         self.assertEqual(self.end.transport.producerState, "producing")
 
-    def test_noCreditBeforeOpenOk(self):
-        """A channel opened without credit sends nothing until OPEN_OK gives it some."""
-        link = makeLink()
-        end = addEnd(link, channel_id=2, send_credit=0, reading=False)
-        end.transport.pauseProducing()  # as the server's public side does
-        receive(link, (frames.OPEN_OK, 2, credit(300)))
+    def test_earlyDataThenOpenOk(self):
+        """An opened channel sends EARLY_DATA bytes before OPEN_OK, then the rest of the announced window."""
+        link = makeLink(window=4 * EARLY_DATA)
+        end = RecordingEnd()
+        end.makeConnection(EndTransport())
+        link.openChannel(2, end, "target", 80)
+        [(ftype, channel_id, payload)] = sent(link)
+        self.assertEqual((ftype, channel_id), (frames.OPEN, 2))
+        self.assertEqual(frames.parse_open(payload), (4 * EARLY_DATA, "target", 80))
+        end.dataReceived(b"x" * (EARLY_DATA + 400))
+        self.assertEqual(dataSent(link, 2), b"x" * EARLY_DATA)
+        self.assertEqual(end.transport.producerState, "paused")
+        receive(link, (frames.OPEN_OK, 2, credit(EARLY_DATA + 300)))
         self.assertEqual(link.opened, [2])
-        self.assertEqual(end.transport.producerState, "producing")
-        end.dataReceived(b"x" * 400)
         self.assertEqual(dataSent(link, 2), b"x" * 300)
         self.assertEqual(end.transport.producerState, "paused")
+        receive(link, (WINDOW, 2, credit(500)))
+        self.assertEqual(dataSent(link, 2), b"x" * 100)
+        self.assertEqual(end.transport.producerState, "producing")
+
+    def test_openOkUnderEarlyDataRefused(self):
+        """An OPEN_OK announcing a window smaller than the early data allowance ends the link."""
+        link = makeLink()
+        end = RecordingEnd()
+        end.makeConnection(EndTransport())
+        link.openChannel(2, end, "target", 80)
+        sent(link)
+        receive(link, (frames.OPEN_OK, 2, credit(EARLY_DATA - 1)))
+        [(ftype, _, reason)] = sent(link)
+        self.assertEqual(ftype, GOAWAY)
+        self.assertIn(b"minimum", reason)
 
     def test_windowForUnknownChannel(self):
         """Credit for a channel that is gone is ignored."""

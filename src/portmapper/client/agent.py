@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from portmapper.protocol import auth, frames
 from portmapper.protocol.frames import HELLO, MAGIC, PROTOCOL_VERSION, REFUSE, WELCOME, ProtocolError
-from portmapper.protocol.mux import ChannelEnd, Link
+from portmapper.protocol.mux import EARLY_DATA, ChannelEnd, Link
 
 log = Logger()
 
@@ -58,6 +58,9 @@ class TargetDial(ClientFactory):
         self.port = port
         self._cancel = None
         self.cancelled = False
+        self.early = []  # data the server sent before the target answered
+        self.early_bytes = 0
+        self.fin_received = False
 
     def start(self, reactor, timeout):
         try:
@@ -151,8 +154,27 @@ class ClientLink(Link):
 
     def _targetConnected(self, dial, target):
         del self._connecting[dial.channel_id]
-        self.addChannel(dial.channel_id, target, send_credit=dial.window)
         self.sendFrame(frames.open_ok(dial.channel_id, self.window))
+        ch = self.addChannel(dial.channel_id, target, send_credit=dial.window,
+                             early=dial.early)
+        if ch.credit_pending >= ch.credit_batch:
+            self._sendCredit(ch)
+        if dial.fin_received:
+            self._onFin(dial.channel_id, b"")
+
+    def unopenedData(self, channel_id, chunk):
+        dial = self._connecting.get(channel_id)
+        if dial is None:
+            return  # a channel we closed; its RESET is on its way
+        dial.early_bytes += len(chunk)
+        if dial.early_bytes > EARLY_DATA:
+            raise ProtocolError(f"channel {channel_id} sent over {EARLY_DATA} bytes before OPEN_OK")
+        dial.early.append(chunk)
+
+    def unopenedFin(self, channel_id):
+        dial = self._connecting.get(channel_id)
+        if dial is not None:
+            dial.fin_received = True
 
     def _targetFailed(self, dial, failure):
         channel_id, host, port = dial.channel_id, dial.host, dial.port

@@ -19,6 +19,11 @@ one window plus socket buffers on the far end, and stalls only its own
 channel.  When the link's own write buffer fills, the channels that write to
 it stop reading too, until it drains.
 
+Early data: the end that opens a channel may send up to ``EARLY_DATA``
+bytes before OPEN_OK, which the other end holds while it connects to the
+target and then counts against the window it announces.  A user who speaks
+first (a request, a TLS hello) so costs no extra round trip over the link.
+
 Windows tune themselves to the link's bandwidth-delay product: each end
 measures the link's round-trip time with PING/PONG, and when a channel's
 receiver has taken in a whole window in less than two round trips (the
@@ -47,6 +52,7 @@ from portmapper.protocol.frames import (
 
 DEFAULT_WINDOW = 256 * 1024
 MAX_WINDOW = 16 * 1024 * 1024
+EARLY_DATA = 16 * 1024  # what an opener may send before OPEN_OK; no window is smaller
 WINDOW_GROWTH = 4  # how much larger a window gets each time it is found too small
 READ_SIZE = 256 * 1024
 PING_INTERVAL = 10.0
@@ -263,6 +269,12 @@ class Link(Protocol):
     def openFailed(self, ch, code, reason):
         raise ProtocolError("this end does not accept OPEN_FAIL")
 
+    def unopenedData(self, channel_id, chunk):
+        """DATA for a channel not open here: one being opened (early data) or one we closed."""
+
+    def unopenedFin(self, channel_id):
+        """FIN for a channel not open here: one being opened or one we closed."""
+
     # -- keepalive --------------------------------------------------------
 
     def _keepalive(self):
@@ -325,7 +337,8 @@ class Link(Protocol):
         if ch is None:
             if not self.established:
                 raise ProtocolError("DATA frame before the handshake")
-            return  # a channel we closed; its RESET is on its way
+            self.unopenedData(channel_id, chunk)
+            return
         n = len(chunk)
         ch.recv_allowed -= n
         if ch.recv_allowed < 0:
@@ -343,12 +356,13 @@ class Link(Protocol):
 
     def _onOpenOk(self, channel_id, payload):
         window = frames.parse_u32(payload, "OPEN_OK")
+        if window < EARLY_DATA:
+            raise ProtocolError(f"OPEN_OK window {window} is under the {EARLY_DATA}-byte minimum")
         ch = self.channels.get(channel_id)
         if ch is None:
             return  # closed while opening; our RESET tells the peer
-        ch.send_credit = window
         self.openSucceeded(ch)
-        self._resumeReading(ch)
+        self._addCredit(ch, window - EARLY_DATA)  # the early data counts against it
 
     def _onOpenFail(self, channel_id, payload):
         code, reason = frames.parse_open_fail(payload)
@@ -360,8 +374,10 @@ class Link(Protocol):
     def _onWindow(self, channel_id, payload):
         increment = frames.parse_u32(payload, "WINDOW")
         ch = self.channels.get(channel_id)
-        if ch is None:
-            return
+        if ch is not None:
+            self._addCredit(ch, increment)
+
+    def _addCredit(self, ch, increment):
         ch.send_credit += increment
         if ch.pending:
             self._flushPending(ch)
@@ -371,7 +387,10 @@ class Link(Protocol):
 
     def _onFin(self, channel_id, payload):
         ch = self.channels.get(channel_id)
-        if ch is None or ch.fin_received:
+        if ch is None:
+            self.unopenedFin(channel_id)
+            return
+        if ch.fin_received:
             return
         ch.fin_received = True
         ch.end.peerFinished()
@@ -405,19 +424,26 @@ class Link(Protocol):
         self.meter.send_bytes += len(frame)
         self._write(frame)
 
-    def addChannel(self, channel_id, end, send_credit=0, reading=True):
-        """Start tracking channel ``channel_id`` carried to/from ``end``."""
+    def addChannel(self, channel_id, end, send_credit=0, reading=True, early=()):
+        """
+        Start tracking channel ``channel_id`` carried to/from ``end``, and
+        deliver the ``early`` data (chunks) received while it was opening.
+        """
         ch = ChannelState(channel_id, self, end, self.window, send_credit, reading,
                           self.clock.seconds())
         self.channels[channel_id] = ch
         end.channel = ch
         end.link = self
         end.transport.registerProducer(ch, True)
+        for chunk in early:
+            ch.recv_allowed -= len(chunk)
+            end.deliver(chunk)
+            ch.credit_pending += len(chunk)
         return ch
 
     def openChannel(self, channel_id, end, host, port):
-        """Ask the peer to open ``channel_id`` to ``host:port``; ``end`` is not read until it has."""
-        ch = self.addChannel(channel_id, end, send_credit=0, reading=False)
+        """Ask the peer to open ``channel_id`` to ``host:port``; ``end`` may send early data."""
+        ch = self.addChannel(channel_id, end, send_credit=EARLY_DATA)
         self.sendFrame(frames.open_channel(channel_id, self.window, host, port))
         return ch
 

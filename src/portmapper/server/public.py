@@ -2,9 +2,10 @@
 A mapped public port: one ``PublicFactory`` listening per mapping, one
 ``PublicProtocol`` per user connection.
 
-A user's connection is paused (not read) until a client with the mapping's
-tag has connected to the target; then bytes flow both ways over the link
-with the flow control of ``portmapper.protocol.mux``.  The protocol keeps
+A user's connection is carried by a client with the mapping's tag: its
+first bytes go with the request to open the channel (early data, see
+``portmapper.protocol.mux``), the rest once the client has connected to the
+target, with the link's flow control both ways.  The protocol keeps
 the channel's record in the registry up to date and decides why it closed.
 """
 
@@ -33,7 +34,6 @@ class PublicProtocol(ChannelEnd):
 
     def connectionMade(self):
         super().connectionMade()
-        self.transport.pauseProducing()  # nothing is read until the channel opens
         server, mapping = self.server, self.mapping
         peer = self.transport.getPeer()
         self.record = record = server.registry.new_channel(

@@ -1,0 +1,146 @@
+"""
+Tests for L{portmapper.client.agent}: how the client serves OPEN frames:
+dialling targets, early data, the allow-list, failures and cancellation.
+The link is established by hand; targets are dialled on a
+L{MemoryReactorClock} and connected by the test.
+"""
+
+import struct
+
+from twisted.internet.error import ConnectionRefusedError, TimeoutError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from portmapper.client.agent import ClientLinkFactory
+from portmapper.config import AllowList, ClientSettings
+from portmapper.protocol import frames
+from portmapper.protocol.frames import DATA, FIN, GOAWAY, OPEN_FAIL, OPEN_OK, FrameDecoder
+from portmapper.protocol.mux import EARLY_DATA
+
+WINDOW = 256 * 1024
+
+
+class TargetTransport(StringTransport):
+    """A StringTransport that also records a half-close of its write side."""
+
+    write_closed = False
+
+    def loseWriteConnection(self):
+        self.write_closed = True
+
+
+def establishedClient(reactor, **settings):
+    link = ClientLinkFactory(ClientSettings(**settings), reactor).buildProtocol(None)
+    link.makeConnection(StringTransport())
+    link.establish()
+    link.transport.clear()
+    return link
+
+
+def written(link):
+    out = []
+    decoder = FrameDecoder(lambda *f: out.append(f), lambda c, d: out.append((DATA, c, bytes(d))))
+    decoder.feed(link.transport.value())
+    link.transport.clear()
+    return out
+
+
+def openFrame(channel_id, host="10.1.2.3", port=6666, window=WINDOW):
+    return frames.open_channel(channel_id, window, host, port)
+
+
+class AgentTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.link = establishedClient(self.reactor)
+
+    def connectTarget(self, index=0):
+        """Complete the index-th dial the client started; return the target's transport."""
+        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        target = factory.buildProtocol(None)
+        transport = TargetTransport()
+        target.makeConnection(transport)
+        return transport
+
+    def test_dialsTheTargetNamed(self):
+        """OPEN makes the client dial exactly the host and port named, with its connect timeout."""
+        self.link.dataReceived(openFrame(3, "10.1.2.3", 6666))
+        [(host, port, factory, timeout, bind)] = self.reactor.tcpClients
+        self.assertEqual((host, port, timeout), ("10.1.2.3", 6666, 10.0))
+
+    def test_openOkOnConnect(self):
+        """Once the target accepts, OPEN_OK carries the client's window; DATA then reaches the target."""
+        self.link.dataReceived(openFrame(3))
+        self.assertEqual(written(self.link), [])
+        target = self.connectTarget()
+        self.assertEqual(written(self.link), [(OPEN_OK, 3, struct.pack(">I", WINDOW))])
+        self.link.dataReceived(frames.data_header(3, 5) + b"hello")
+        self.assertEqual(target.value(), b"hello")
+
+    def test_earlyDataHeldUntilConnected(self):
+        """DATA and FIN that arrive while the target is dialled reach it, in order, once it accepts."""
+        self.link.dataReceived(openFrame(3) + frames.data_header(3, 3) + b"GET"
+                               + frames.data_header(3, 2) + b" /" + frames.encode(FIN, 3))
+        target = self.connectTarget()
+        self.assertEqual(target.value(), b"GET /")
+        self.assertTrue(target.write_closed)
+        self.assertEqual(self.link.channels[3].recv_allowed, WINDOW - 5)
+
+    def test_earlyDataOverAllowanceRefused(self):
+        """More than EARLY_DATA bytes before OPEN_OK is a protocol error."""
+        self.link.dataReceived(openFrame(3) + frames.data_header(3, EARLY_DATA + 1)
+                               + b"x" * (EARLY_DATA + 1))
+        [(ftype, _, reason)] = written(self.link)
+        self.assertEqual(ftype, GOAWAY)
+        self.assertIn(b"before OPEN_OK", reason)
+
+    def test_allowListDenies(self):
+        """A target outside the allow-list is refused with code DENIED and never dialled."""
+        link = establishedClient(self.reactor, allow=AllowList.parse("192.168.0.0/16:22"))
+        link.dataReceived(openFrame(4, "192.168.1.1", 80))
+        [(ftype, channel_id, payload)] = written(link)
+        self.assertEqual((ftype, channel_id), (OPEN_FAIL, 4))
+        code, reason = frames.parse_open_fail(payload)
+        self.assertEqual(code, frames.FAIL_DENIED)
+        self.assertIn("192.168.1.1:80", reason)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_refusedTarget(self):
+        """A refused connection answers OPEN_FAIL with code REFUSED and the OS's reason."""
+        self.link.dataReceived(openFrame(5))
+        connector = self.reactor.connectors[0]
+        factory = self.reactor.tcpClients[0][2]
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError("Connection refused")))
+        [(ftype, channel_id, payload)] = written(self.link)
+        code, reason = frames.parse_open_fail(payload)
+        self.assertEqual((ftype, channel_id, code), (OPEN_FAIL, 5, frames.FAIL_REFUSED))
+        self.assertIn("10.1.2.3:6666", reason)
+        self.assertIn("refused", reason)
+
+    def test_timedOutTarget(self):
+        """A connect that times out answers OPEN_FAIL with code TIMEOUT."""
+        self.link.dataReceived(openFrame(6))
+        factory = self.reactor.tcpClients[0][2]
+        factory.clientConnectionFailed(self.reactor.connectors[0], Failure(TimeoutError()))
+        [(ftype, _, payload)] = written(self.link)
+        self.assertEqual(frames.parse_open_fail(payload)[0], frames.FAIL_TIMEOUT)
+
+    def test_resetWhileDialling(self):
+        """A RESET for a channel still being dialled stops the dial and sends nothing back."""
+        self.link.dataReceived(openFrame(7))
+        connector = self.reactor.connectors[0]
+        self.link.dataReceived(frames.reason_frame(frames.RESET, 7, "user closed"))
+        self.assertTrue(connector.stoppedConnecting)
+        self.assertEqual(written(self.link), [])
+
+    def test_linkLostStopsDials(self):
+        """Losing the link stops every dial under way."""
+        self.link.dataReceived(openFrame(8) + openFrame(9))
+        self.link.connectionLost(Failure(ConnectionRefusedError()))
+        self.assertEqual([c.stoppedConnecting for c in self.reactor.connectors], [True, True])
+
+    def test_nameGoesThroughResolver(self):
+        """A target given as a name is not passed to connectTCP as is (it is resolved first)."""
+        self.link.dataReceived(openFrame(10, "db.internal", 5432))
+        self.assertNotIn("db.internal", [c[0] for c in self.reactor.tcpClients])
