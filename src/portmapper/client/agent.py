@@ -126,8 +126,7 @@ class ClientLink(Link):
         elif ftype == REFUSE:
             reason = frames.parse_reason(payload)
             log.error("the server refused this client: {reason}", reason=reason)
-            self.decoder.stopped = True
-            self.transport.loseConnection()
+            self.close()
         else:
             raise ProtocolError(f"unexpected {frames.NAMES[ftype]} frame during the handshake")
 
@@ -136,6 +135,7 @@ class ClientLink(Link):
             dial.cancel()
         if self.client_id is None:
             self.factory.unwelcomed += 1
+            log.warn("could not link up with the server: {why}", why=reason.getErrorMessage())
         else:
             log.info("link to the server lost: {why}", why=reason.getErrorMessage())
 
@@ -202,9 +202,25 @@ class ClientLinkFactory(Factory):
         self.settings = settings
         self.reactor = reactor
         self.unwelcomed = 0  # links in a row that ended before WELCOME
+        self.link = None  # the latest link built
 
     def buildProtocol(self, addr):
-        return ClientLink(self)
+        self.link = ClientLink(self)
+        return self.link
+
+
+class LinkService(ClientService):
+    """``ClientService`` that, stopping, tells the server it is going (GOAWAY)."""
+
+    def __init__(self, endpoint, factory, **kwargs):
+        super().__init__(endpoint, factory, **kwargs)
+        self.link_factory = factory
+
+    def stopService(self):
+        link = self.link_factory.link
+        if link is not None and link.connected:
+            link.goAway("the client is shutting down")
+        return super().stopService()
 
 
 def makeClientService(settings, reactor):
@@ -215,5 +231,5 @@ def makeClientService(settings, reactor):
     def retryPolicy(attempt):
         return backoff(max(attempt, factory.unwelcomed))
 
-    return ClientService(clientFromString(reactor, settings.server), factory,
-                         retryPolicy=retryPolicy, clock=reactor)
+    return LinkService(clientFromString(reactor, settings.server), factory,
+                       retryPolicy=retryPolicy, clock=reactor)

@@ -223,12 +223,28 @@ class Link(Protocol):
         if self.closed:
             return
         log.warn("tunnel link to {peer} ended: {reason}", peer=self._peerText(), reason=reason)
+        self.goAway(reason, ftype)
+
+    def goAway(self, reason, ftype=GOAWAY):
+        """Close the link in good order, telling the peer ``reason``."""
+        if self.closed:
+            return
+        self.sendFrame(frames.reason_frame(ftype, 0, reason))
+        self.close()
+
+    def close(self):
+        """
+        Close the link's connection once what is written is out.  (Our
+        producer is unregistered first: a TLS transport does not close while
+        one is registered.)  A peer that never reads is cut off after a grace
+        period.
+        """
+        if self.closed:
+            return
         self.decoder.stopped = True
         self.closed = True
-        self.sendFrame(frames.reason_frame(ftype, 0, reason))
         self.transport.unregisterProducer()
         self.transport.loseConnection()
-        # A peer that never reads must not keep the connection open.
         self._cancelTimer("keepalive")
         self._timers["abort"] = self.clock.callLater(self.handshake_timeout, self._abort)
 
@@ -414,8 +430,7 @@ class Link(Protocol):
     def _onGoaway(self, channel_id, payload):
         log.info("tunnel link to {peer} closed by the peer: {reason}",
                  peer=self._peerText(), reason=frames.parse_reason(payload))
-        self.decoder.stopped = True
-        self.transport.loseConnection()
+        self.close()
 
     # -- sending, called by ChannelEnd and subclasses ----------------------
 

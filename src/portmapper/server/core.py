@@ -102,7 +102,7 @@ class PortMapperServer(Service):
         for channel in list(self.registry.channels.values()):
             channel.user.close(CLOSED_BY_ADMIN)
         for session in list(self.registry.clients.values()):
-            session.link.fail("the server is shutting down")
+            session.link.goAway("the server is shutting down")
             session.link.transport.abortConnection()
         # Connections lost by abortConnection report it on the next turn.
         yield deferLater(self.clock, 0, lambda: None)
