@@ -196,7 +196,7 @@ SERVER_KEYS = {
     "admin_token": (_nonempty, "Bearer token the admin API requires (needed off loopback)."),
     "window": (_window, "Per-channel flow-control window to start with, bytes."),
     "max_window": (_window, "Largest a channel's window may grow to on a long fat link, bytes."),
-    "ping_interval": (_positive_float, "Seconds of link silence before a ping."),
+    "ping_interval": (_positive_float, "Seconds between pings (round-trip timing, keepalive)."),
     "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),
     "open_timeout": (_positive_float, "Seconds a channel may wait for its target."),
     "sample_interval": (_positive_float, "Seconds between traffic statistics samples."),
@@ -212,7 +212,7 @@ CLIENT_KEYS = {
     "window": (_window, "Per-channel flow-control window to start with, bytes."),
     "max_window": (_window, "Largest a channel's window may grow to on a long fat link, bytes."),
     "connect_timeout": (_positive_float, "Seconds to wait for a target to accept."),
-    "ping_interval": (_positive_float, "Seconds of link silence before a ping."),
+    "ping_interval": (_positive_float, "Seconds between pings (round-trip timing, keepalive)."),
     "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),
 }
 
