@@ -15,8 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from portmapper.client.agent import ClientLinkFactory
 from portmapper.config import AllowList, ClientSettings
 from portmapper.protocol import frames
-from portmapper.protocol.frames import DATA, FIN, GOAWAY, OPEN_FAIL, OPEN_OK, FrameDecoder
+from portmapper.protocol.frames import DATA, FIN, GOAWAY, OPEN_FAIL, OPEN_OK
 from portmapper.protocol.mux import EARLY_DATA
+from tests.linkhelp import written
 
 WINDOW = 256 * 1024
 
@@ -36,14 +37,6 @@ def establishedClient(reactor, **settings):
     link.establish()
     link.transport.clear()
     return link
-
-
-def written(link):
-    out = []
-    decoder = FrameDecoder(lambda *f: out.append(f), lambda c, d: out.append((DATA, c, bytes(d))))
-    decoder.feed(link.transport.value())
-    link.transport.clear()
-    return out
 
 
 def openFrame(channel_id, host="10.1.2.3", port=6666, window=WINDOW):

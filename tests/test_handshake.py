@@ -22,11 +22,12 @@ from portmapper.client.agent import ClientLinkFactory
 from portmapper.config import ClientSettings, ServerSettings
 from portmapper.protocol import auth, frames
 from portmapper.protocol.frames import (
-    AUTH, DATA, GOAWAY, HELLO, PING, PONG, REFUSE, WELCOME, FrameDecoder,
+    AUTH, DATA, GOAWAY, HELLO, PING, PONG, REFUSE, WELCOME,
 )
 from portmapper.server.link import ServerLink
 from portmapper.server.meter import Meter
 from portmapper.server.registry import CLIENT_LOST, CLOSED, PROTOCOL_ERROR, ClientSession
+from tests.linkhelp import pump, written
 
 TOKEN = "s3cret"
 TAG = "tag10"
@@ -74,25 +75,6 @@ def connectClient(reactor, **kwargs):
 
 def loseConnection(link):
     link.connectionLost(Failure(ConnectionDone()))
-
-
-def pump(a, b):
-    """Move bytes between two links' transports until neither has more to say."""
-    while a.transport.value() or b.transport.value():
-        for src, dst in ((a, b), (b, a)):
-            data = src.transport.value()
-            src.transport.clear()
-            if data:
-                dst.dataReceived(data)
-
-
-def written(link):
-    """The frames C{link} wrote since the last call, as (type, channel, payload)."""
-    out = []
-    decoder = FrameDecoder(lambda *f: out.append(f), lambda c, d: out.append((DATA, c, bytes(d))))
-    decoder.feed(link.transport.value())
-    link.transport.clear()
-    return out
 
 
 def authFrame(nonce, token=TOKEN, tag=TAG, magic=frames.MAGIC, version=frames.PROTOCOL_VERSION):

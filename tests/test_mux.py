@@ -20,10 +20,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from portmapper.protocol import frames
-from portmapper.protocol.frames import (
-    DATA, FIN, GOAWAY, PING, PONG, RESET, WINDOW, FrameDecoder,
-)
+from portmapper.protocol.frames import DATA, FIN, GOAWAY, PING, PONG, RESET, WINDOW
 from portmapper.protocol.mux import EARLY_DATA, WINDOW_GROWTH, ChannelEnd, Link
+from tests.linkhelp import pump, written as sent
 
 WINDOW_SIZE = 1024
 BATCH = WINDOW_SIZE // 4
@@ -101,16 +100,7 @@ def addEnd(link, channel_id=1, send_credit=WINDOW_SIZE, reading=True):
     return end
 
 
-def sent(link):
-    """
-    The frames C{link} wrote since the last call, as (type, channel, payload);
-    each DATA frame is one entry.
-    """
-    out = []
-    decoder = FrameDecoder(lambda *f: out.append(f), lambda c, d: out.append((DATA, c, bytes(d))))
-    decoder.feed(link.transport.value())
-    link.transport.clear()
-    return out
+
 
 
 def dataSent(link, channel_id=1):
@@ -127,17 +117,6 @@ def receive(link, *frames_):
 
 def credit(n):
     return struct.pack(">I", n)
-
-
-def pump(*links):
-    """Move bytes between two links' transports until neither has more to say."""
-    a, b = links
-    while a.transport.value() or b.transport.value():
-        for src, dst in ((a, b), (b, a)):
-            data = src.transport.value()
-            src.transport.clear()
-            if data:
-                dst.dataReceived(data)
 
 
 class SenderWindowTests(SynchronousTestCase):
