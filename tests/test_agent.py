@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from portmapper.client.agent import ClientLinkFactory
 from portmapper.config import AllowList, ClientSettings
 from portmapper.protocol import frames
-from portmapper.protocol.frames import DATA, FIN, GOAWAY, OPEN_FAIL, OPEN_OK
+from portmapper.protocol.frames import FIN, GOAWAY, OPEN_FAIL, OPEN_OK
 from portmapper.protocol.mux import EARLY_DATA
 from tests.linkhelp import written
 

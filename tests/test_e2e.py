@@ -9,7 +9,6 @@ import os
 import socket
 import threading
 
-from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -19,7 +18,7 @@ from zope.interface import implementer
 
 from portmapper.protocol.mux import READ_SIZE
 from tests.e2e import (
-    Backend, Echo, Running, connect, echo_roundtrip, free_port, in_thread,
+    Backend, Echo, Running, connect, echo_roundtrip, in_thread,
     recv_all, recv_or_reset, start_client, wait_for,
 )
 

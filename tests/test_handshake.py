@@ -22,7 +22,7 @@ from portmapper.client.agent import ClientLinkFactory
 from portmapper.config import ClientSettings, ServerSettings
 from portmapper.protocol import auth, frames
 from portmapper.protocol.frames import (
-    AUTH, DATA, GOAWAY, HELLO, PING, PONG, REFUSE, WELCOME,
+    AUTH, GOAWAY, HELLO, PING, PONG, REFUSE, WELCOME,
 )
 from portmapper.server.link import ServerLink
 from portmapper.server.meter import Meter

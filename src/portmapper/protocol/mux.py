@@ -28,10 +28,11 @@ Windows tune themselves to the link's bandwidth-delay product: each end
 measures the link's round-trip time with PING/PONG, and when a channel's
 receiver has taken in a whole window in less than two round trips (the
 window, not the reader, is what limits it) it makes the window four times
-larger by giving extra credit, up to ``max_window``: a window limits a
-channel to ``window / rtt``, so 16 MiB carries 160 MB/s over a 100 ms link.  A grown window idle for a keepalive
-interval shrinks back to the initial size, by withholding that much of the
-credit it would return next, so idle channels hold little memory.
+larger by giving extra credit, up to ``max_window``.  (A window limits a
+channel to ``window / rtt``: 16 MiB carries 160 MB/s over a 100 ms link.)
+A grown window idle for a keepalive interval shrinks back to the initial
+size, by withholding that much of the credit it would return next, so idle
+channels hold little memory.
 
 Nothing here imports a reactor: time comes from the ``clock`` given.
 """
@@ -279,7 +280,7 @@ class Link(Protocol):
         raise ProtocolError("this end does not accept OPEN")
 
     def openSucceeded(self, ch):
-        """OPEN_OK arrived for ``ch``; its send credit is set."""
+        """OPEN_OK arrived for ``ch`` (its credit is added next)."""
         raise ProtocolError("this end does not accept OPEN_OK")
 
     def openFailed(self, ch, code, reason):

@@ -40,7 +40,7 @@ The highest ids ever written are kept in a small table of their own, so
 import os
 import sqlite3
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
