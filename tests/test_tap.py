@@ -360,4 +360,4 @@ class WheelTests(SynchronousTestCase):
         run = self.freshPython(self.install(self.buildWheel()))
         status, output = run("-c", _TWISTD, "portmapper", "--window", "0")
         self.assertNotEqual(status, 0, output)
-        self.assertIn("Bad value '0' for window: must be positive.", output)
+        self.assertIn("Bad value '0' for window: must be a positive whole number.", output)

@@ -150,14 +150,16 @@ def _address(text):
 
 
 def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise ValueError("must be positive")
-    return value
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError("must be a positive whole number")
+    return int(text)
 
 
 def _positive_float(text):
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a positive number") from None
     if not (value > 0 and math.isfinite(value)):
         raise ValueError("must be a positive number")
     return value
@@ -271,7 +273,7 @@ def _read_ini(path, section, keys):
     except OSError as e:
         raise usage.UsageError(f"Cannot read config file {path}: {e.strerror}.")
     except (configparser.Error, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0]
+        first = str(e).splitlines()[0].rstrip(".")
         raise usage.UsageError(f"Config file {path} is not a valid INI file: {first}.")
     if not parser.has_section(section):
         return {}

@@ -16,7 +16,6 @@ def exit_when_failed(reactor, ready, what):
 
     def failed(failure):
         log.critical("{what}: {why}", what=what, why=failure.getErrorMessage())
-        sys.stderr.write(f"{what}: {failure.getErrorMessage()}\n")
         reactor.addSystemEventTrigger("after", "shutdown", _exit, 1)
         if reactor.running:
             reactor.stop()
