@@ -21,7 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from portmapper.protocol import frames
 from portmapper.protocol.frames import DATA, FIN, GOAWAY, PING, PONG, RESET, WINDOW
-from portmapper.protocol.mux import EARLY_DATA, WINDOW_GROWTH, ChannelEnd, Link
+from portmapper.protocol.mux import (
+    EARLY_DATA, MAX_CREDIT_BATCH, WINDOW_GROWTH, ChannelEnd, Link,
+)
 from tests.linkhelp import pump, written as sent
 
 WINDOW_SIZE = 1024
@@ -685,6 +687,19 @@ class WindowTuningTests(SynchronousTestCase):
         self.assertEqual(self.credits(), [])
         self.assertEqual(self.ch.recv_allowed, WINDOW_SIZE)
         self.assertFalse(self.link.transport.disconnecting)
+
+    def test_largeWindowCreditInBoundedBatches(self):
+        """A large window returns credit in batches of MAX_CREDIT_BATCH, not a quarter window."""
+        clock = Clock()
+        link = BareLink(clock, window=16 * MAX_CREDIT_BATCH, max_window=16 * MAX_CREDIT_BATCH)
+        link.makeConnection(StringTransport())
+        link.establish()
+        link.transport.clear()
+        addEnd(link)
+        receive(link, (DATA, 1, b"x" * (MAX_CREDIT_BATCH - 1)))
+        self.assertEqual(sent(link), [])
+        receive(link, (DATA, 1, b"x"))
+        self.assertEqual(sent(link), [(WINDOW, 1, credit(MAX_CREDIT_BATCH))])
 
     def test_busyWindowKept(self):
         """A grown window that keeps carrying data is not shrunk."""

@@ -11,7 +11,7 @@ connection on the server, the target connection on the client.
 Flow control, per channel and per direction, is credit based: the sender
 may have at most ``window`` bytes that the receiver has not yet given back.
 The receiver gives credit back (WINDOW frames, in batches of a quarter of the
-window) once the bytes are written to the local socket and that socket's
+window, 1 MiB at most) once the bytes are written to the local socket and that socket's
 write buffer is not full; while it is full (its transport paused us, the
 channel's producer), credit is held back.  A sender out of credit stops
 reading from its local socket.  So a reader that never reads holds at most
@@ -55,6 +55,7 @@ DEFAULT_WINDOW = 256 * 1024
 MAX_WINDOW = 16 * 1024 * 1024
 EARLY_DATA = 16 * 1024  # what an opener may send before OPEN_OK; no window is smaller
 WINDOW_GROWTH = 4  # how much larger a window gets each time it is found too small
+MAX_CREDIT_BATCH = 1024 * 1024  # credit goes back in batches of a quarter window, at most this
 READ_SIZE = 256 * 1024
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 30.0
@@ -78,6 +79,15 @@ def tune_transport(transport):
         pass
     if isinstance(getattr(transport, "bufferSize", None), int):
         transport.bufferSize = READ_SIZE
+
+
+def _credit_batch(window):
+    """
+    How much consumed data to gather before returning its credit: a quarter
+    of the window, but no more than MAX_CREDIT_BATCH, so that a large window
+    on a slow link does not also wait for a large batch to fill.
+    """
+    return max(1, min(window // 4, MAX_CREDIT_BATCH))
 
 
 class _Counter:
@@ -117,7 +127,7 @@ class ChannelState:
         self.recv_window = recv_window
         self.recv_allowed = recv_window  # credit given minus bytes received
         self.credit_pending = 0  # written locally, credit not yet sent
-        self.credit_batch = max(1, recv_window // 4)
+        self.credit_batch = _credit_batch(recv_window)
         self.debt = 0  # credit to withhold, shrinking the window
         self.epoch_start = now  # window tuning: when the current window began
         self.epoch_bytes = 0  # bytes credited since then
@@ -320,7 +330,7 @@ class Link(Protocol):
             elif ch.idle_mark == ch.recv_allowed:
                 ch.debt += ch.recv_window - self.window
                 ch.recv_window = self.window
-                ch.credit_batch = max(1, self.window // 4)
+                ch.credit_batch = _credit_batch(self.window)
                 self._grown.discard(ch)
             else:
                 ch.idle_mark = ch.recv_allowed
@@ -556,7 +566,7 @@ class Link(Protocol):
                 and now - ch.epoch_start < 2 * rtt and not ch.debt):
             grow = min(ch.recv_window * (WINDOW_GROWTH - 1), self.max_window - ch.recv_window)
             ch.recv_window += grow
-            ch.credit_batch = ch.recv_window // 4
+            ch.credit_batch = _credit_batch(ch.recv_window)
             self._grown.add(ch)
         ch.epoch_start = now
         ch.epoch_bytes = 0
