@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from portmapper.protocol import frames
 from portmapper.protocol.frames import DATA, FIN, GOAWAY, PING, PONG, RESET, WINDOW
 from portmapper.protocol.mux import (
-    EARLY_DATA, MAX_CREDIT_BATCH, WINDOW_GROWTH, ChannelEnd, Link,
+    EARLY_DATA, MAX_CONTROL_BACKLOG, MAX_CREDIT_BATCH, WINDOW_GROWTH, ChannelEnd, Link,
 )
 from tests.linkhelp import pump, written as sent
 
@@ -494,6 +494,32 @@ class PingTests(SynchronousTestCase):
             if pings:
                 receive(self.link, (PONG, 0, pings[0][2]))
         self.assertFalse(self.link.transport.disconnecting)
+
+
+class NonReadingPeerTests(SynchronousTestCase):
+    """A peer that keeps asking (PING) but never reads the answers is dropped, not buffered for."""
+
+    def test_pingFloodWhileNotReading(self):
+        """Past MAX_CONTROL_BACKLOG of answers queued behind a full buffer, the link ends."""
+        link = makeLink()
+        link.pauseProducing()  # our write buffer is full: the peer is not reading
+        ping = frames.encode(PING, 0, b"\0" * 8)
+        pings = MAX_CONTROL_BACKLOG // len(ping) + 2
+        link.dataReceived(ping * pings)
+        written = link.transport.value()
+        self.assertLess(len(written), MAX_CONTROL_BACKLOG + 1024)
+        self.assertTrue(link.transport.disconnecting)
+        self.assertTrue(link.protocol_error)
+
+    def test_answersFlowOnceItReads(self):
+        """A full buffer that drains resets the count: a reading peer is never dropped."""
+        link = makeLink()
+        ping = frames.encode(PING, 0, b"\0" * 8)
+        for _ in range(4):
+            link.pauseProducing()
+            link.dataReceived(ping * (MAX_CONTROL_BACKLOG // len(ping) // 2))
+            link.resumeProducing()
+        self.assertFalse(link.transport.disconnecting)
 
 
 class LinkEndTests(SynchronousTestCase):

@@ -56,6 +56,9 @@ MAX_WINDOW = 16 * 1024 * 1024
 EARLY_DATA = 16 * 1024  # what an opener may send before OPEN_OK; no window is smaller
 WINDOW_GROWTH = 4  # how much larger a window gets each time it is found too small
 MAX_CREDIT_BATCH = 1024 * 1024  # credit goes back in batches of a quarter window, at most this
+# Control frames (PONG, WINDOW, ...) written while the link's write buffer is
+# full: past this much, the peer is not reading what it asks for, and goes.
+MAX_CONTROL_BACKLOG = 1024 * 1024
 READ_SIZE = 256 * 1024
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 30.0
@@ -185,6 +188,7 @@ class Link(Protocol):
         self.decoder = frames.FrameDecoder(
             self._frameReceived, self._dataReceived, max_control=HANDSHAKE_MAX_CONTROL)
         self._paused = False  # our transport's write buffer is full
+        self._control_backlog = 0  # control frames written since it filled
         self._link_blocked = []  # channels paused because of that
         self._rx_seen = False
         self._idle = 0.0
@@ -447,6 +451,16 @@ class Link(Protocol):
 
     def sendFrame(self, frame):
         """Write one whole (control) frame to the link, counting its bytes."""
+        if self._paused:
+            self._control_backlog += len(frame)
+            if self._control_backlog > MAX_CONTROL_BACKLOG:
+                # No GOAWAY: it would only queue behind the rest.
+                if not self.closed:
+                    log.warn("tunnel link to {peer} ended: it does not read what it asks for",
+                             peer=self._peerText())
+                    self.protocol_error = True
+                    self.close()
+                return
         self.meter.send_bytes += len(frame)
         self._write(frame)
 
@@ -591,6 +605,7 @@ class Link(Protocol):
 
     def resumeProducing(self):
         self._paused = False
+        self._control_backlog = 0
         blocked, self._link_blocked = self._link_blocked, []
         for ch in blocked:
             ch.link_blocked = False
