@@ -78,7 +78,7 @@ class AllowList:
                 net = ipaddress.ip_network(where, strict=False)
             except ValueError:
                 if not _is_hostname(where):
-                    raise ValueError(f"{where!r} is not an address, network or host name")
+                    raise ValueError(f"{where!r} is not an address, network or host name") from None
                 net = where.lower()
             rules.append((net, None if ports == "*" else _parse_ports(ports)))
         if not rules:
@@ -261,7 +261,7 @@ def load_settings(section, keys, settings_type, config_path, given):
         try:
             values[name] = check(text.strip())
         except ValueError as e:
-            raise usage.UsageError(f"Bad value {text!r} for {name.replace('_', '-')}: {e}.")
+            raise usage.UsageError(f"Bad value {text!r} for {name.replace('_', '-')}: {e}.") from None
     return settings_type(**values)
 
 
@@ -271,10 +271,10 @@ def _read_ini(path, section, keys):
         with open(path, encoding="utf-8") as f:
             parser.read_file(f)
     except OSError as e:
-        raise usage.UsageError(f"Cannot read config file {path}: {e.strerror}.")
+        raise usage.UsageError(f"Cannot read config file {path}: {e.strerror}.") from None
     except (configparser.Error, UnicodeDecodeError) as e:
         first = str(e).splitlines()[0].rstrip(".")
-        raise usage.UsageError(f"Config file {path} is not a valid INI file: {first}.")
+        raise usage.UsageError(f"Config file {path} is not a valid INI file: {first}.") from None
     if not parser.has_section(section):
         return {}
     raw = {}

@@ -82,7 +82,7 @@ def _text(payload, what):
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
-        raise ProtocolError(f"{what} is not valid UTF-8")
+        raise ProtocolError(f"{what} is not valid UTF-8") from None
 
 
 def _unpack(fmt, payload, what):
@@ -205,7 +205,8 @@ class FrameDecoder:
             ftype, channel_id, length = unpack(data, pos)
             if ftype == DATA:
                 if length > self.max_data:
-                    raise ProtocolError(f"DATA frame of {length} bytes is over the {self.max_data}-byte limit")
+                    raise ProtocolError(
+                        f"DATA frame of {length} bytes is over the {self.max_data}-byte limit")
                 pos += HEADER_SIZE
                 avail = end - pos
                 if avail >= length:

@@ -24,8 +24,9 @@ TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 class ServerLink(Link):
     def __init__(self, server):
         s = server.settings
-        super().__init__(server.clock, window=s.window, ping_interval=s.ping_interval,
-                         ping_timeout=s.ping_timeout, handshake_timeout=s.handshake_timeout, max_window=s.max_window)
+        super().__init__(server.clock, window=s.window, max_window=s.max_window,
+                         ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
+                         handshake_timeout=s.handshake_timeout)
         self.server = server
         self.session = None
         self.nonce = auth.make_nonce()
