@@ -116,15 +116,22 @@ class Backend:
             pass
         sock.close()
 
-    def read_command(self, sock):
+    def receive(self, sock):
+        """What ``sock`` has to read; None if nothing yet, or if it closed (then dropped)."""
         try:
             data = sock.recv(65536)
         except BlockingIOError:
-            return
+            return None
         except OSError:
             data = b""
         if not data:
             self.drop(sock)
+            return None
+        return data
+
+    def read_command(self, sock):
+        data = self.receive(sock)
+        if data is None:
             return
         data = self.pending[sock] + data
         command = data[:1]
@@ -178,26 +185,12 @@ class Backend:
             sock.setblocking(False)
 
     def echo(self, sock):
-        try:
-            data = sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.drop(sock)
-        else:
+        data = self.receive(sock)
+        if data is not None:
             self.send_small(sock, data)
 
     def idle(self, sock):
-        try:
-            data = sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.drop(sock)
+        self.receive(sock)  # idle connections say nothing; this notices them closing
 
 
 def watch_stdin(stop):

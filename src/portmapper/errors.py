@@ -67,6 +67,3 @@ class PortUnavailable(Conflict):
         self.port = port
         self.why = why
 
-
-class ConfigError(PortMapperError):
-    """A configuration file or option is wrong; the message names the key."""
