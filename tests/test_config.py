@@ -271,8 +271,18 @@ class BadValueTests(ConfigTestCase):
     def test_badClientEndpoints(self):
         """Client endpoint strings that do not parse are refused, naming server."""
         for bad in ("bogus:host=x:port=1", "tcp:host=x:port=abc", "tcp:host=example.org",
-                    "tcp:host=x:port=1:colour=blue", ""):
+                    "tcp:host=x:port=1:colour=blue", "", "tls:host=x:port=1:colour=blue",
+                    "tls:port=1", "tls:host=x:port=1:trustRoots=/nonexistent"):
             self.assertUsageError(ClientOptions, ["--server", bad], "server")
+
+    def test_tlsOptionNamed(self):
+        """An option our TLS does not take is named in the message."""
+        message = self.assertUsageError(ClientOptions, ["--server", "tls:host=x:port=1:sni=y"],
+                                        "server")
+        self.assertIn("'sni'", message)
+        message = self.assertUsageError(
+            ServerOptions, ["--client-port", "ssl:1111:privateKey=k.pem:method=x"], "client-port")
+        self.assertIn("'method'", message)
 
     def test_badInterface(self):
         """A public interface that is not an IP address is refused, naming public-interface."""

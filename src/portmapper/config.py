@@ -17,6 +17,7 @@ import attr
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
+from portmapper import tls
 from portmapper.protocol.mux import (
     DEFAULT_WINDOW, HANDSHAKE_TIMEOUT, MAX_WINDOW, PING_INTERVAL, PING_TIMEOUT,
 )
@@ -136,11 +137,20 @@ def _server_endpoint(text):
     return text
 
 
-def _client_endpoint(text):
-    try:
-        clientFromString(None, text)
-    except (TypeError, OSError) as e:
-        raise ValueError(str(e)) from e
+def _link_server_endpoint(text):
+    """The client port: our own TLS for ``ssl:``, else any Twisted server endpoint."""
+    if tls.parse_server(text) is None:
+        _server_endpoint(text)
+    return text
+
+
+def _link_client_endpoint(text):
+    """The server to dial: our own TLS for ``tls:``, else any Twisted client endpoint."""
+    if tls.parse_client(text) is None:
+        try:
+            clientFromString(None, text)
+        except (TypeError, OSError) as e:
+            raise ValueError(str(e)) from e
     return text
 
 
@@ -188,16 +198,23 @@ def _window(text):
     return value
 
 
+def _max_window(text):
+    value = _positive_int(text)
+    if not 16 * 1024 <= value <= 1024 * 1024 * 1024:
+        raise ValueError("must be from 16384 to 1073741824 bytes")
+    return value
+
+
 # name -> (checker, help)
 SERVER_KEYS = {
-    "client_port": (_server_endpoint, "Endpoint tunnel clients connect to."),
+    "client_port": (_link_server_endpoint, "Endpoint tunnel clients connect to."),
     "admin": (_server_endpoint, "Endpoint of the admin JSON API."),
     "public_interface": (_address, "Address the mapped public ports listen on."),
     "data_dir": (_text, "Directory for the SQLite database (mappings, history)."),
     "token": (_text, "Shared secret clients must prove they know."),
     "admin_token": (_nonempty, "Bearer token the admin API requires (needed off loopback)."),
     "window": (_window, "Per-channel flow-control window to start with, bytes."),
-    "max_window": (_window, "Largest a channel's window may grow to on a long fat link, bytes."),
+    "max_window": (_max_window, "Largest a channel's window may grow to on a long fat link, bytes."),
     "ping_interval": (_positive_float, "Seconds between pings (round-trip timing, keepalive)."),
     "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),
     "open_timeout": (_positive_float, "Seconds a channel may wait for its target."),
@@ -207,12 +224,12 @@ SERVER_KEYS = {
 }
 
 CLIENT_KEYS = {
-    "server": (_client_endpoint, "Endpoint of the server's client port."),
+    "server": (_link_client_endpoint, "Endpoint of the server's client port."),
     "tag": (_tag, "Tag announced to the server; mappings pick clients by tag."),
     "token": (_text, "Shared secret (the server's --token)."),
     "allow": (AllowList.parse, "Targets this client may open, e.g. '192.168.0.0/16:22,80'."),
     "window": (_window, "Per-channel flow-control window to start with, bytes."),
-    "max_window": (_window, "Largest a channel's window may grow to on a long fat link, bytes."),
+    "max_window": (_max_window, "Largest a channel's window may grow to on a long fat link, bytes."),
     "connect_timeout": (_positive_float, "Seconds to wait for a target to accept."),
     "ping_interval": (_positive_float, "Seconds between pings (round-trip timing, keepalive)."),
     "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),

@@ -17,7 +17,7 @@ import ipaddress
 import random
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from portmapper.protocol import auth, frames
 from portmapper.protocol.frames import HELLO, MAGIC, PROTOCOL_VERSION, REFUSE, WELCOME, ProtocolError
 from portmapper.protocol.mux import EARLY_DATA, ChannelEnd, Link
+from portmapper.tls import link_client_endpoint
 
 log = Logger()
 
@@ -231,5 +232,5 @@ def makeClientService(settings, reactor):
     def retryPolicy(attempt):
         return backoff(max(attempt, factory.unwelcomed))
 
-    return LinkService(clientFromString(reactor, settings.server), factory,
+    return LinkService(link_client_endpoint(reactor, settings.server), factory,
                        retryPolicy=retryPolicy, clock=reactor)

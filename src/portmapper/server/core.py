@@ -29,6 +29,7 @@ from portmapper.server.registry import (
     TARGET_REFUSED, TIMEOUT, Mapping, Registry,
 )
 from portmapper.server.store import Store
+from portmapper.tls import link_server_endpoint
 
 log = Logger()
 
@@ -65,7 +66,7 @@ class PortMapperServer(Service):
         yield self.store.start()
         last_client_id, last_channel_id = yield self.store.last_ids()
         self.registry.seed_ids(last_client_id, last_channel_id)
-        self._client_listener = yield serverFromString(
+        self._client_listener = yield link_server_endpoint(
             self.reactor, self.settings.client_port).listen(ServerLinkFactory(self))
         self.client_port = self._client_listener.getHost().port
         for public_port, target_ip, target_port, tag in (yield self.store.load_mappings()):
