@@ -6,12 +6,15 @@ The certificate is made for the test, for the name ``localhost``.
 
 import os
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.certs import write_certificate
-from tests.e2e import Backend, Echo, Running, echo_roundtrip, in_thread, start_client, wait_for
+from tests.e2e import (
+    Backend, Echo, Running, connect, echo_roundtrip, in_thread, recv_or_reset, start_client,
+    wait_for,
+)
 
 
 class TLSLinkTests(TestCase):
@@ -57,3 +60,52 @@ class TLSLinkTests(TestCase):
         yield wait_for(lambda: failures, what="the verification failure")
         self.assertIn("certificate verify failed", failures[0])
         self.assertEqual(self.server.registry.clients, {})
+
+    @inlineCallbacks
+    def test_bulk_both_ways_and_many_channels(self):
+        """20 channels at once, 1 MiB each, echoed exactly over one TLS link."""
+        yield self.startServer()
+        start_client(self, self.server.client_port, *self.dial(self.trust))
+        yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
+        public = yield self.running.map(Backend(Echo).listen(self))
+        blobs = [os.urandom(2**20) for _ in range(20)]
+        echoed = yield gatherResults([in_thread(echo_roundtrip, public, b) for b in blobs])
+        self.assertTrue(echoed == blobs)
+
+    @inlineCallbacks
+    def test_client_stopping_says_goodbye(self):
+        """A stopping client's GOAWAY arrives over TLS before its close, and the server drops it."""
+        yield self.startServer()
+        reasons = []
+
+        def observe(event):
+            if event.get("log_format", "").startswith("tunnel link to {peer} closed by the peer"):
+                reasons.append(event["reason"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        client = start_client(self, self.server.client_port, *self.dial(self.trust))
+        yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
+        yield client.stopService()
+        yield wait_for(lambda: not self.server.registry.clients, what="the client to go")
+        self.assertEqual(reasons, ["the client is shutting down"])
+
+    @inlineCallbacks
+    def test_garbage_on_tls_port(self):
+        """Bytes that are not TLS end that connection only; a real client still links up."""
+        yield self.startServer()
+
+        def garbage():
+            s = connect(self.server.client_port)
+            try:
+                s.sendall(os.urandom(4096))
+                return recv_or_reset(s)
+            finally:
+                s.close()
+
+        answer = yield in_thread(garbage)
+        self.assertFalse(answer.startswith(b"\x01"))  # no frame in the clear
+        start_client(self, self.server.client_port, *self.dial(self.trust))
+        yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
+        public = yield self.running.map(Backend(Echo).listen(self))
+        self.assertEqual((yield in_thread(echo_roundtrip, public, b"still here")), b"still here")
