@@ -515,6 +515,11 @@ def plugin_env():
     return env
 
 
+#: the window cap of a portmapper with a delay relay on its link: above
+#: the bandwidth-delay product of this machine's relay (~900 MB/s x 0.1 s)
+DELAY_MAX_WINDOW = 128 * 1024 * 1024
+
+
 def http_json(method, url, timeout=3.0):
     request = urllib.request.Request(
         url, data=b"" if method == "POST" else None, method=method)
@@ -534,7 +539,10 @@ class Portmapper(Path):
     """The portmapper server and client as production runs them (twistd).
 
     ``tls`` puts the link on ``ssl:``/``tls:`` endpoints with a self-signed
-    certificate; ``delay_ms`` puts a delay relay on the link.  The extra
+    certificate; ``delay_ms`` puts a delay relay on the link, and then both
+    ends get ``--max-window DELAY_MAX_WINDOW`` unless the extra arguments
+    set ``--max-window`` themselves: the default cap (16 MiB) allows at most
+    160 MB/s per channel over the relay's 100 ms round trip.  The extra
     argument strings are appended to the server and client command lines.
     """
 
@@ -548,6 +556,13 @@ class Portmapper(Path):
         self.delay_ms = delay_ms
         self.server_args = shlex.split(server_args)
         self.client_args = shlex.split(client_args)
+        #: the --max-window this path added to both ends, or None
+        self.max_window = None
+        if delay_ms and not any(a.startswith("--max-window")
+                                for a in self.server_args + self.client_args):
+            self.max_window = DELAY_MAX_WINDOW
+            self.server_args += ["--max-window", str(DELAY_MAX_WINDOW)]
+            self.client_args += ["--max-window", str(DELAY_MAX_WINDOW)]
         self.name = "portmapper" + (" (TLS)" if tls else "")
         if delay_ms:
             self.name += " +%gms" % delay_ms

@@ -477,6 +477,10 @@ def report(args, paths, results, memory, notes, twistd, elapsed):
                       "%g s, and their ratio is to direct +%gms."
                       % (args.delay_ms, args.delay_ms, 2 * args.delay_ms,
                          s.delay_max_seconds, args.delay_ms))
+        for p in paths:
+            if getattr(p, "max_window", None):
+                extras.append("%s ran with --max-window %d (%d MiB) at both "
+                              "ends." % (p.name, p.max_window, p.max_window // MiB))
     if direct and not args.quick and min(direct) < 2000:
         extras.append("Warning: direct reached only %.0f/%.0f MB/s; the load "
                       "generator or backend may be the bottleneck." % direct)

@@ -22,7 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from portmapper.protocol import frames
 from portmapper.protocol.frames import DATA, FIN, GOAWAY, PING, PONG, RESET, WINDOW
 from portmapper.protocol.mux import (
-    EARLY_DATA, MAX_CONTROL_BACKLOG, MAX_CREDIT_BATCH, WINDOW_GROWTH, ChannelEnd, Link,
+    EARLY_DATA, MAX_CONTROL_BACKLOG, MAX_CREDIT_BATCH, TRAIN_GAP, WINDOW_GROWTH, ChannelEnd,
+    Link,
 )
 from tests.linkhelp import pump, written as sent
 
@@ -734,3 +735,112 @@ class WindowTuningTests(SynchronousTestCase):
             self.clock.advance(PING_INTERVAL)
             receive(self.link, (DATA, 1, b"x" * (WINDOW_SIZE // 4)))
         self.assertEqual(self.ch.recv_window, WINDOW_GROWTH * WINDOW_SIZE)
+
+    def test_grownWindowJudgedFromItsFirstData(self):
+        """
+        After growing, the next window is timed from a round trip later, when
+        the new credit's data can first arrive: taken in 2.5 round trips after
+        the growth, it still grows.
+        """
+        receive(self.link, (DATA, 1, b"x" * WINDOW_SIZE))
+        self.clock.advance(2.5 * self.RTT)
+        receive(self.link, (DATA, 1, b"x" * self.ch.recv_allowed))
+        self.assertEqual(self.ch.recv_window, WINDOW_GROWTH ** 2 * WINDOW_SIZE)
+
+    def test_wholeWindowCreditedAtOnce(self):
+        """
+        The end of a window sends its credit (and growth) even short of a
+        batch: the peer may have no credit left to fill the batch with.
+        """
+        receive(self.link, (DATA, 1, b"x" * 300), (DATA, 1, b"x" * 300), (DATA, 1, b"x" * 300))
+        self.assertEqual(self.credits(), [300, 300, 300])
+        receive(self.link, (DATA, 1, b"x" * 124))
+        self.assertEqual(self.credits(), [124 + (WINDOW_GROWTH - 1) * WINDOW_SIZE])
+        self.assertEqual(self.ch.recv_window, WINDOW_GROWTH * WINDOW_SIZE)
+
+    def smallWindowLink(self):
+        """An established link with windows of four times the early data, and an RTT."""
+        link = BareLink(self.clock, window=4 * EARLY_DATA, max_window=64 * EARLY_DATA)
+        link.makeConnection(StringTransport())
+        link.establish()
+        link.rtt = self.RTT
+        link.transport.clear()
+        return link
+
+    def newEnd(self):
+        end = RecordingEnd()
+        end.makeConnection(EndTransport())
+        return end
+
+    def test_fullEarlyDataGrowsWindowAtOnce(self):
+        """
+        An opener that sent all the early data it may was held back by its
+        window already: the window grows as the channel is added.
+        """
+        link = self.smallWindowLink()
+        ch = link.addChannel(1, self.newEnd(), early=[b"x" * (EARLY_DATA // 2)] * 2)
+        grow = (WINDOW_GROWTH - 1) * 4 * EARLY_DATA
+        self.assertEqual(sent(link), [(WINDOW, 1, credit(grow))])
+        self.assertEqual(ch.recv_window, WINDOW_GROWTH * 4 * EARLY_DATA)
+        self.assertEqual(ch.recv_allowed, ch.recv_window - EARLY_DATA)
+
+    def test_partialEarlyDataKeepsWindow(self):
+        """Early data short of the allowance says nothing of the window: it stays."""
+        link = self.smallWindowLink()
+        ch = link.addChannel(1, self.newEnd(), early=[b"x" * (EARLY_DATA - 1)])
+        self.assertEqual(sent(link), [])
+        self.assertEqual(ch.recv_window, 4 * EARLY_DATA)
+
+
+class BandwidthTests(SynchronousTestCase):
+    """The link times trains of DATA, and a window too small jumps to twice the BDP they give."""
+
+    RTT = 0.1
+    WINDOW = 512 * 1024
+    CHUNK = 64 * 1024
+    STEP = 0.0001  # between chunks of a train: 655 MB/s
+
+    def setUp(self):
+        self.clock = Clock()
+        self.link = BareLink(self.clock, window=self.WINDOW, max_window=1 << 30)
+        self.link.makeConnection(StringTransport())
+        self.link.establish()
+        self.link.rtt = self.RTT
+        self.link.transport.clear()
+        self.end = addEnd(self.link)
+        self.ch = self.link.channels[1]
+
+    def feed(self, chunks, step):
+        for _ in range(chunks):
+            receive(self.link, (DATA, 1, b"x" * self.CHUNK))
+            self.clock.advance(step)
+
+    def test_windowJumpsToTwiceTheBandwidthDelayProduct(self):
+        """A window sent in one go is timed as it arrives; its growth is 2 x rate x RTT."""
+        self.feed(self.WINDOW // self.CHUNK, self.STEP)
+        # The first chunk arrived before the train's clock started.
+        rate = (self.WINDOW - self.CHUNK) / ((self.WINDOW // self.CHUNK - 1) * self.STEP)
+        self.assertAlmostEqual(self.link.bandwidth(), rate, delta=rate * 1e-6)
+        self.assertEqual(self.ch.recv_window, int(2 * self.link.bandwidth() * self.RTT))
+        self.assertGreater(self.ch.recv_window, WINDOW_GROWTH * self.WINDOW)
+
+    def test_jumpCapped(self):
+        """The jump stops at max_window."""
+        self.link.max_window = 8 * 1024 * 1024
+        self.feed(self.WINDOW // self.CHUNK, self.STEP)
+        self.assertEqual(self.ch.recv_window, 8 * 1024 * 1024)
+
+    def test_gapsBreakTrains(self):
+        """Chunks further apart than TRAIN_GAP round trips make no train: growth is x4."""
+        self.feed(self.WINDOW // self.CHUNK, TRAIN_GAP * self.RTT * 1.5)
+        self.assertEqual(self.link.bandwidth(), 0)
+        self.assertEqual(self.ch.recv_window, WINDOW_GROWTH * self.WINDOW)
+
+    def test_measurementFades(self):
+        """A measurement halves with each keepalive interval that measures nothing faster."""
+        self.feed(self.WINDOW // self.CHUNK, self.STEP)
+        measured = self.link.bandwidth()
+        self.clock.advance(PING_INTERVAL)
+        self.assertEqual(self.link.bandwidth(), measured)
+        self.clock.advance(PING_INTERVAL)
+        self.assertEqual(self.link.bandwidth(), measured / 2)

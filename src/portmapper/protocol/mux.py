@@ -10,9 +10,10 @@ connection on the server, the target connection on the client.
 
 Flow control, per channel and per direction, is credit based: the sender
 may have at most ``window`` bytes that the receiver has not yet given back.
-The receiver gives credit back (WINDOW frames, in batches of a quarter of the
-window, 1 MiB at most) once the bytes are written to the local socket and that socket's
-write buffer is not full; while it is full (its transport paused us, the
+The receiver gives credit back (WINDOW frames, in batches of a quarter of
+the window, 1 MiB at most, and at once when a whole window is in) once the
+bytes are written to the local socket and that socket's write buffer is not
+full; while it is full (its transport paused us, the
 channel's producer), credit is held back.  A sender out of credit stops
 reading from its local socket.  So a reader that never reads holds at most
 one window plus socket buffers on the far end, and stalls only its own
@@ -24,15 +25,20 @@ bytes before OPEN_OK, which the other end holds while it connects to the
 target and then counts against the window it announces.  A user who speaks
 first (a request, a TLS hello) so costs no extra round trip over the link.
 
-Windows tune themselves to the link's bandwidth-delay product: each end
-measures the link's round-trip time with PING/PONG, and when a channel's
-receiver has taken in a whole window in less than two round trips (the
-window, not the reader, is what limits it) it makes the window four times
-larger by giving extra credit, up to ``max_window``.  (A window limits a
-channel to ``window / rtt``: 16 MiB carries 160 MB/s over a 100 ms link.)
-A grown window idle for a keepalive interval shrinks back to the initial
-size, by withholding that much of the credit it would return next, so idle
-channels hold little memory.
+Windows tune themselves to the link's bandwidth-delay product.  Each end
+measures the round-trip time with PING/PONG, and the link's bandwidth by
+timing trains of DATA: a window sent in one go arrives at the speed of the
+link's slowest hop.  When a channel's receiver has taken in a whole window
+in under two round trips (the window, not the reader, is what limits it),
+the window grows to twice the measured bandwidth x RTT, or four times larger
+if that is more, up to ``max_window``.  An opener that used all its early
+data counts as such a window.  After a growth, the next window is timed from
+a round trip later, when the new credit's data can first arrive.  (A window
+limits a channel to ``window / rtt``: 16 MiB carries 160 MB/s over a 100 ms
+link.)  A grown window idle for a keepalive interval shrinks back to the
+initial size, by withholding that much of the credit it would return next,
+so idle channels hold little memory.  The bandwidth measurement loses half
+its weight every keepalive interval.
 
 Nothing here imports a reactor: time comes from the ``clock`` given.
 """
@@ -60,6 +66,10 @@ MAX_CREDIT_BATCH = 1024 * 1024  # credit goes back in batches of a quarter windo
 # full: past this much, the peer is not reading what it asks for, and goes.
 MAX_CONTROL_BACKLOG = 1024 * 1024
 READ_SIZE = 256 * 1024
+# The link's bandwidth is measured over trains of DATA: bytes that arrive with
+# no gap longer than TRAIN_GAP round trips between them, more than one read.
+TRAIN_GAP = 0.1
+TRAIN_MIN = READ_SIZE
 PING_INTERVAL = 10.0
 PING_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 5.0
@@ -177,6 +187,11 @@ class Link(Protocol):
         self.max_window = max(window, max_window)
         self.rtt = None  # seconds, smoothed, from PING/PONG
         self._grown = set()  # channels whose window is above ``window``
+        # bandwidth (bytes/s): the fastest train of DATA seen in this keepalive
+        # interval, what earlier ones measured, and the train now arriving
+        self._rate = self._old_rate = 0.0
+        self._train_start = self._train_last = None
+        self._train_bytes = 0
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.handshake_timeout = handshake_timeout
@@ -321,6 +336,8 @@ class Link(Protocol):
         if self.established:
             self._ping()
             self._shrinkIdleWindows()
+            # The measurement fades: half its weight each interval without a faster train.
+            self._old_rate, self._rate = max(self._rate, self._old_rate / 2), 0.0
         self._timers["keepalive"] = self.clock.callLater(self.ping_interval, self._keepalive)
 
     def _ping(self):
@@ -374,9 +391,14 @@ class Link(Protocol):
         ch.recv_allowed -= n
         if ch.recv_allowed < 0:
             raise ProtocolError(f"channel {channel_id} sent beyond its window")
+        self._measureTrain(n)
         ch.end.deliver(chunk)
         ch.credit_pending += n
-        if ch.credit_pending >= ch.credit_batch and not ch.write_paused:
+        # A batch is due, or a whole window is in (the peer may have no
+        # credit left, and the window's tuning is due).
+        if ((ch.credit_pending >= ch.credit_batch
+             or ch.epoch_bytes + ch.credit_pending >= ch.recv_window)
+                and not ch.write_paused):
             self._sendCredit(ch)
 
     def _onOpen(self, channel_id, payload):
@@ -479,6 +501,13 @@ class Link(Protocol):
             ch.recv_allowed -= len(chunk)
             end.deliver(chunk)
             ch.credit_pending += len(chunk)
+        if ch.credit_pending >= EARLY_DATA:
+            # The opener sent all it could before OPEN_OK: its first window
+            # was too small already.
+            grow = self._growWindow(ch)
+            if grow:
+                ch.recv_allowed += grow
+                self.sendFrame(frames.window_update(channel_id, grow))
         return ch
 
     def openChannel(self, channel_id, end, host, port):
@@ -574,17 +603,53 @@ class Link(Protocol):
     def _tuneWindow(self, ch):
         """A whole window has been taken in: grow it if that took under two round trips."""
         now = self.clock.seconds()
-        grow = 0
+        elapsed, ch.epoch_start = now - ch.epoch_start, now
+        ch.epoch_bytes = 0
+        if self.rtt is not None and elapsed < 2 * self.rtt:
+            return self._growWindow(ch)
+        return 0
+
+    def _growWindow(self, ch):
+        """
+        ``ch``'s window is too small: make it twice the link's
+        bandwidth-delay product, or WINDOW_GROWTH times larger if that is
+        more, up to ``max_window``.  Returns the credit to add.
+        """
         rtt = self.rtt
-        if (rtt is not None and ch.recv_window < self.max_window
-                and now - ch.epoch_start < 2 * rtt and not ch.debt):
-            grow = min(ch.recv_window * (WINDOW_GROWTH - 1), self.max_window - ch.recv_window)
-            ch.recv_window += grow
-            ch.credit_batch = _credit_batch(ch.recv_window)
-            self._grown.add(ch)
-        ch.epoch_start = now
+        if rtt is None or ch.recv_window >= self.max_window or ch.debt:
+            return 0
+        target = max(ch.recv_window * WINDOW_GROWTH, int(2 * self.bandwidth() * rtt))
+        grow = min(target, self.max_window) - ch.recv_window
+        ch.recv_window += grow
+        ch.credit_batch = _credit_batch(ch.recv_window)
+        self._grown.add(ch)
+        # The data of the new credit starts arriving a round trip from now;
+        # until then only what the old window let through does.
+        ch.epoch_start = self.clock.seconds() + rtt
         ch.epoch_bytes = 0
         return grow
+
+    def bandwidth(self):
+        """The link's measured bandwidth towards us, bytes/s (0 when unknown)."""
+        return max(self._rate, self._old_rate)
+
+    def _measureTrain(self, n):
+        """
+        ``n`` bytes of DATA arrived: time the train they belong to.  A window
+        sent in one go arrives as a train at the speed of the link's slowest
+        hop, so a train of TRAIN_MIN bytes or more measures the bandwidth even
+        while the windows, not the link, still limit each channel.
+        """
+        now = self.clock.seconds()
+        rtt = self.rtt
+        if self._train_last is None or rtt is None or now - self._train_last > TRAIN_GAP * rtt:
+            self._train_start = now  # the first chunk's bytes arrived before this moment
+            self._train_bytes = 0
+        else:
+            self._train_bytes += n
+            if self._train_bytes >= TRAIN_MIN and now > self._train_start:
+                self._rate = max(self._rate, self._train_bytes / (now - self._train_start))
+        self._train_last = now
 
     # -- reading on and off ------------------------------------------------
 
