@@ -12,6 +12,7 @@ of the link's calls reached it.
 
 import struct
 
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -22,8 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from portmapper.protocol import frames
 from portmapper.protocol.frames import DATA, FIN, GOAWAY, PING, PONG, RESET, WINDOW
 from portmapper.protocol.mux import (
-    EARLY_DATA, MAX_CONTROL_BACKLOG, MAX_CREDIT_BATCH, TRAIN_GAP, WINDOW_GROWTH, ChannelEnd,
-    Link,
+    EARLY_DATA, MAX_CONTROL_BACKLOG, MAX_CREDIT_BATCH, READ_SIZE, SEND_LIMIT, TRAIN_GAP,
+    WINDOW_GROWTH, ChannelEnd, Link, tune_transport,
 )
 from tests.linkhelp import pump, written as sent
 
@@ -844,3 +845,27 @@ class BandwidthTests(SynchronousTestCase):
         self.assertEqual(self.link.bandwidth(), measured)
         self.clock.advance(PING_INTERVAL)
         self.assertEqual(self.link.bandwidth(), measured / 2)
+
+
+class TuneTransportTests(SynchronousTestCase):
+    def test_tcpTransportTuned(self):
+        """A TCP transport gets Nagle off, large reads, and large sends per write event."""
+        class Tuned(tcp.Connection):
+            def __init__(self):  # no socket: only the attributes matter here
+                self.nodelay = None
+
+            def setTcpNoDelay(self, enabled):
+                self.nodelay = enabled
+
+        transport = Tuned()
+        tune_transport(transport)
+        self.assertEqual((transport.nodelay, transport.bufferSize, transport.SEND_LIMIT),
+                         (True, READ_SIZE, SEND_LIMIT))
+        self.assertGreater(SEND_LIMIT, tcp.Connection.SEND_LIMIT)
+
+    def test_otherTransportsLeftAlone(self):
+        """A transport without those knobs (StringTransport) is not harmed."""
+        transport = StringTransport()
+        tune_transport(transport)
+        self.assertFalse(hasattr(transport, "SEND_LIMIT"))
+
