@@ -130,7 +130,23 @@ def measure_memory(path, s):
         memory["idle"] = len(idle)
         memory["idle_error"] = idle.error
         memory["procs_loaded"] = len(peers.process_tree(roots))
+    settle(roots)
     return memory
+
+
+def settle(roots, quiet=0.05, period=0.25, timeout=10.0):
+    """
+    Wait until the path's processes use under ``quiet`` of a core over a
+    ``period`` (at most ``timeout`` s): closing thousands of idle
+    connections keeps them busy for a while, which the next measurement
+    should not pay for.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = peers.cpu_seconds(roots)
+        time.sleep(period)
+        if peers.cpu_seconds(roots) - before < quiet * period:
+            return
 
 
 # -- the report -------------------------------------------------------------
