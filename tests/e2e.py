@@ -5,6 +5,7 @@ blocking users run in threads, all on 127.0.0.1 with ports the OS picks.
 """
 
 import json
+import os
 import socket
 
 import treq
@@ -174,6 +175,16 @@ def recv_or_reset(s):
         return recv_all(s)
     except ConnectionResetError:
         return b""
+
+
+def send_garbage(port, size=4096):
+    """Connect to ``port``, send random bytes, and return what comes back until it closes."""
+    s = connect(port)
+    try:
+        s.sendall(os.urandom(size))
+        return recv_or_reset(s)
+    finally:
+        s.close()
 
 
 def echo_roundtrip(port, data):

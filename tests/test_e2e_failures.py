@@ -4,14 +4,12 @@ may not open, garbage on the client port, a client that vanishes
 mid-transfer.  The server stays up through all of it.
 """
 
-import os
-
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import (
     Backend, Echo, Running, connect, echo_roundtrip, free_port, in_thread,
-    recv_or_reset, start_client, wait_for,
+    recv_or_reset, send_garbage, start_client, wait_for,
 )
 
 
@@ -69,15 +67,7 @@ class FailureTests(TestCase):
         yield self.startWith()
         public = yield self.running.map(Backend(Echo).listen(self))
 
-        def garbage():
-            s = connect(self.server.client_port)
-            try:
-                s.sendall(os.urandom(4096))
-                return recv_or_reset(s)
-            finally:
-                s.close()
-
-        answer = yield in_thread(garbage)
+        answer = yield in_thread(send_garbage, self.server.client_port)
         self.assertTrue(answer.startswith(b"\x01"))  # our HELLO, then the link ends
         self.assertEqual(len(self.server.registry.clients), 1)
         self.assertEqual((yield in_thread(echo_roundtrip, public, b"still here")), b"still here")

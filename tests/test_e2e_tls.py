@@ -12,8 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.certs import write_certificate
 from tests.e2e import (
-    Backend, Echo, Running, connect, echo_roundtrip, in_thread, recv_or_reset, start_client,
-    wait_for,
+    Backend, Echo, Running, echo_roundtrip, in_thread, send_garbage, start_client, wait_for,
 )
 
 
@@ -95,15 +94,7 @@ class TLSLinkTests(TestCase):
         """Bytes that are not TLS end that connection only; a real client still links up."""
         yield self.startServer()
 
-        def garbage():
-            s = connect(self.server.client_port)
-            try:
-                s.sendall(os.urandom(4096))
-                return recv_or_reset(s)
-            finally:
-                s.close()
-
-        answer = yield in_thread(garbage)
+        answer = yield in_thread(send_garbage, self.server.client_port)
         self.assertFalse(answer.startswith(b"\x01"))  # no frame in the clear
         start_client(self, self.server.client_port, *self.dial(self.trust))
         yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
