@@ -13,6 +13,7 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 
 from portmapper.client import tap as client_tap
 from portmapper.server import tap as server_tap
@@ -97,6 +98,19 @@ class Running:
                                     mapper_tag=tag)
         assert code == 200, body
         return public_port
+
+
+def logged(testcase, prefix, key):
+    """A list that collects ``event[key]`` of each log event whose format starts with ``prefix``."""
+    found = []
+
+    def observe(event):
+        if event.get("log_format", "").startswith(prefix):
+            found.append(event[key])
+
+    globalLogPublisher.addObserver(observe)
+    testcase.addCleanup(globalLogPublisher.removeObserver, observe)
+    return found
 
 
 def start_client(testcase, client_port, *extra, token=TOKEN):

@@ -7,12 +7,12 @@ The certificate is made for the test, for the name ``localhost``.
 import os
 
 from twisted.internet.defer import gatherResults, inlineCallbacks
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from tests.certs import write_certificate
 from tests.e2e import (
-    Backend, Echo, Running, echo_roundtrip, in_thread, send_garbage, start_client, wait_for,
+    Backend, Echo, Running, echo_roundtrip, in_thread, logged, send_garbage, start_client,
+    wait_for,
 )
 
 
@@ -30,6 +30,13 @@ class TLSLinkTests(TestCase):
         ]).start()
         self.server = self.running.server
 
+    @inlineCallbacks
+    def linkUp(self):
+        """Start a client that trusts the server; fires with its service once it is linked."""
+        client = start_client(self, self.server.client_port, *self.dial(self.trust))
+        yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
+        return client
+
     def dial(self, trust):
         return ["--server", f"tls:host=localhost:port={self.server.client_port}:trustRoots={trust}"]
 
@@ -37,8 +44,7 @@ class TLSLinkTests(TestCase):
     def test_carries_data_over_tls(self):
         """A client that trusts the server's certificate links up over TLS and carries data exactly."""
         yield self.startServer()
-        start_client(self, self.server.client_port, *self.dial(self.trust))
-        yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
+        yield self.linkUp()
         public = yield self.running.map(Backend(Echo).listen(self))
         data = os.urandom(3 * 2**20)
         self.assertTrue((yield in_thread(echo_roundtrip, public, data)) == data)
@@ -47,14 +53,7 @@ class TLSLinkTests(TestCase):
     def test_untrusted_server_refused(self):
         """A client that does not trust the server's certificate never links up."""
         yield self.startServer()
-        failures = []
-
-        def observe(event):
-            if event.get("log_format", "").startswith("could not link up"):
-                failures.append(event["why"])
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        failures = logged(self, "could not link up", "why")
         start_client(self, self.server.client_port, *self.dial(self.other_trust))
         yield wait_for(lambda: failures, what="the verification failure")
         self.assertIn("certificate verify failed", failures[0])
@@ -64,8 +63,7 @@ class TLSLinkTests(TestCase):
     def test_bulk_both_ways_and_many_channels(self):
         """20 channels at once, 1 MiB each, echoed exactly over one TLS link."""
         yield self.startServer()
-        start_client(self, self.server.client_port, *self.dial(self.trust))
-        yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
+        yield self.linkUp()
         public = yield self.running.map(Backend(Echo).listen(self))
         blobs = [os.urandom(2**20) for _ in range(20)]
         echoed = yield gatherResults([in_thread(echo_roundtrip, public, b) for b in blobs])
@@ -75,16 +73,8 @@ class TLSLinkTests(TestCase):
     def test_client_stopping_says_goodbye(self):
         """A stopping client's GOAWAY arrives over TLS before its close, and the server drops it."""
         yield self.startServer()
-        reasons = []
-
-        def observe(event):
-            if event.get("log_format", "").startswith("tunnel link to {peer} closed by the peer"):
-                reasons.append(event["reason"])
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
-        client = start_client(self, self.server.client_port, *self.dial(self.trust))
-        yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
+        reasons = logged(self, "tunnel link to {peer} closed by the peer", "reason")
+        client = yield self.linkUp()
         yield client.stopService()
         yield wait_for(lambda: not self.server.registry.clients, what="the client to go")
         self.assertEqual(reasons, ["the client is shutting down"])
@@ -96,7 +86,6 @@ class TLSLinkTests(TestCase):
 
         answer = yield in_thread(send_garbage, self.server.client_port)
         self.assertFalse(answer.startswith(b"\x01"))  # no frame in the clear
-        start_client(self, self.server.client_port, *self.dial(self.trust))
-        yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
+        yield self.linkUp()
         public = yield self.running.map(Backend(Echo).listen(self))
         self.assertEqual((yield in_thread(echo_roundtrip, public, b"still here")), b"still here")
