@@ -1,5 +1,5 @@
 """
-Tests for L{portmapper.directwrite}: writes that go straight to the socket
+Tests for L{portmapper.transport.directwrite}: writes that go straight to the socket
 when the transport queues nothing, and through the transport otherwise,
 always in order.
 """
@@ -12,7 +12,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from portmapper.directwrite import direct_writers
+from portmapper.transport.directwrite import direct_writers
 from tests.e2e import wait_for
 
 

@@ -16,7 +16,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from portmapper.protocol.mux import READ_SIZE
+from portmapper.transport.tune import READ_SIZE
 from tests.e2e import (
     Backend, Echo, Running, connect, echo_roundtrip, in_thread,
     recv_all, recv_or_reset, start_client, wait_for,

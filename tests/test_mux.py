@@ -23,8 +23,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from portmapper.protocol import frames
 from portmapper.protocol.frames import DATA, FIN, GOAWAY, PING, PONG, RESET, WINDOW
 from portmapper.protocol.mux import (
-    EARLY_DATA, MAX_CONTROL_BACKLOG, MAX_CREDIT_BATCH, READ_SIZE, SEND_LIMIT, TRAIN_GAP,
-    WINDOW_GROWTH, ChannelEnd, Link, tune_transport,
+    EARLY_DATA, MAX_CONTROL_BACKLOG, MAX_CREDIT_BATCH, TRAIN_GAP,
+    WINDOW_GROWTH, ChannelEnd, Link,
+)
+from portmapper.transport.tune import (
+    READ_SIZE, SEND_LIMIT, tune_transport,
 )
 from tests.linkhelp import pump, written as sent
 

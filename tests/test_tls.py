@@ -1,5 +1,5 @@
 """
-Unit tests of :mod:`portmapper.tls`: parsing the ``ssl:``/``tls:``
+Unit tests of :mod:`portmapper.transport.tls`: parsing the ``ssl:``/``tls:``
 descriptions, and :class:`TLSProtocol` between two ``StringTransport``s
 (the bytes are carried from one to the other by hand, no sockets).
 """
@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from portmapper import tls
+from portmapper.transport import tls
 from tests.certs import write_certificate
 
 

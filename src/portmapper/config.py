@@ -17,7 +17,7 @@ import attr
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
-from portmapper import tls
+from portmapper.transport import tls
 from portmapper.protocol.mux import (
     DEFAULT_WINDOW, HANDSHAKE_TIMEOUT, MAX_WINDOW, PING_INTERVAL, PING_TIMEOUT,
 )

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from portmapper.protocol import auth, frames
 from portmapper.protocol.frames import HELLO, MAGIC, PROTOCOL_VERSION, REFUSE, WELCOME, ProtocolError
 from portmapper.protocol.mux import EARLY_DATA, ChannelEnd, Link
-from portmapper.tls import link_client_endpoint
+from portmapper.transport.tls import link_client_endpoint
 
 log = Logger()
 

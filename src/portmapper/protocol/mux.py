@@ -50,7 +50,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from portmapper.directwrite import direct_writers
+from portmapper.transport.directwrite import direct_writers
+from portmapper.transport.tune import READ_SIZE, tune_transport
 from portmapper.protocol import frames
 from portmapper.protocol.frames import (
     DATA, FIN, GOAWAY, MAX_DATA, OPEN, OPEN_FAIL, OPEN_OK, PING, PONG, RESET,
@@ -65,8 +66,6 @@ MAX_CREDIT_BATCH = 1024 * 1024  # credit goes back in batches of a quarter windo
 # Control frames (PONG, WINDOW, ...) written while the link's write buffer is
 # full: past this much, the peer is not reading what it asks for, and goes.
 MAX_CONTROL_BACKLOG = 1024 * 1024
-READ_SIZE = 256 * 1024
-SEND_LIMIT = 4 * READ_SIZE  # most bytes Twisted hands the socket per write event
 # The link's bandwidth is measured over trains of DATA: bytes that arrive with
 # no gap longer than TRAIN_GAP round trips between them, more than one read.
 TRAIN_GAP = 0.1
@@ -79,24 +78,6 @@ HANDSHAKE_MAX_CONTROL = 512  # the largest frame accepted before the handshake i
 _TIMESTAMP = struct.Struct(">d")
 
 log = Logger()
-
-
-def tune_transport(transport):
-    """
-    Turn off Nagle's algorithm, read in large chunks and write in large
-    ones, where ``transport`` is TCP underneath.  (Twisted's ``bufferSize``
-    is both the most it reads per call and the write-buffer size past which
-    it pauses a producer; ``SEND_LIMIT``, 128 KiB by default, the most it
-    hands the socket per write event once bytes are queued.)
-    """
-    try:
-        transport.setTcpNoDelay(True)
-    except (AttributeError, OSError):
-        pass
-    if isinstance(getattr(transport, "bufferSize", None), int):
-        transport.bufferSize = READ_SIZE
-    if isinstance(getattr(transport, "SEND_LIMIT", None), int):
-        transport.SEND_LIMIT = SEND_LIMIT
 
 
 def _credit_batch(window):

@@ -29,7 +29,7 @@ from portmapper.server.registry import (
     TARGET_REFUSED, TIMEOUT, Mapping, Registry,
 )
 from portmapper.server.store import Store
-from portmapper.tls import link_server_endpoint
+from portmapper.transport.tls import link_server_endpoint
 
 log = Logger()
 

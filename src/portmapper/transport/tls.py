@@ -13,7 +13,7 @@ buffer per read), which cost more than the encryption itself.
 :class:`TLSProtocol` does the same job with ``ssl.SSLObject`` on memory BIOs:
 the plaintext is encrypted straight from the caller's buffer, decrypted
 straight into one reused buffer, and each side of the BIOs is copied once.
-The ciphertext goes to the socket through :mod:`portmapper.directwrite`.
+The ciphertext goes to the socket through :mod:`portmapper.transport.directwrite`.
 
 :class:`TLSProtocol` wraps the link's protocol and is its transport: the
 wrapped protocol is connected at once (so the link's handshake timeout also
@@ -34,8 +34,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from portmapper.directwrite import direct_writers
-from portmapper.protocol.mux import READ_SIZE, tune_transport
+from portmapper.transport.directwrite import direct_writers
+from portmapper.transport.tune import READ_SIZE, tune_transport
 
 SERVER_OPTIONS = ("port", "interface", "backlog", "privateKey", "certKey")
 CLIENT_OPTIONS = ("host", "port", "timeout", "trustRoots")
