@@ -218,13 +218,14 @@ class TunnelTests(TestCase):
         yield in_thread(user.connect, ("127.0.0.1", public))
         yield wait_for(lambda: self.server.registry.channels, what="the channel")
         (channel,) = self.server.registry.channels.values()
-        ch = channel.user.channel
+        user_end = channel.user
+        ch = user_end.link.connection.channels[user_end.channel_id]
         # The stall: the user's socket buffer is full and the client ran out of credit.
-        yield wait_for(lambda: ch.write_paused and ch.credit_pending > 0, what="the stall")
+        yield wait_for(lambda: ch.local_full and ch.window.pending > 0, what="the stall")
         # At most the channel's window plus what the transport holds before it
         # pauses and the one read that crossed that mark.
-        self.assertLessEqual(ch.recv_window, self.server.settings.max_window)
-        bound = ch.recv_window + 2 * READ_SIZE
+        self.assertLessEqual(ch.window.size, self.server.settings.max_window)
+        bound = ch.window.size + 2 * READ_SIZE
         for _ in range(30):
             self.assertLessEqual(buffered(channel.user.transport), bound)
             yield wait_for(lambda: True)

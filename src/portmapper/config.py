@@ -18,9 +18,8 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
 from portmapper.transport import tls
-from portmapper.protocol.mux import (
-    DEFAULT_WINDOW, HANDSHAKE_TIMEOUT, MAX_WINDOW, PING_INTERVAL, PING_TIMEOUT,
-)
+from portmapper.protocol.connection import HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT
+from portmapper.protocol.windows import DEFAULT_WINDOW, MAX_WINDOW
 
 
 @attr.s(frozen=True)

@@ -2,10 +2,11 @@
 The client (agent): one link to the server, and a target connection for
 each channel the server opens on it.
 
-``ClientLink`` answers the server's HELLO with the HMAC proof of the token
-and its tag, then serves OPEN frames: it checks the allow-list, connects to
-the target (a name is resolved off the reactor thread) and answers OPEN_OK,
-or OPEN_FAIL with the reason the OS gave.
+The link's core answers the server's HELLO with the HMAC proof of the
+token and its tag; ``ClientLinkHandler`` then serves the channels the server
+opens: it checks the allow-list, connects to the target (a name is resolved
+off the reactor thread) and accepts the channel, or refuses it with the
+reason the OS gave.
 ``makeClientService`` keeps the link up: ``ClientService`` redials forever
 with capped exponential backoff and jitter.  ``ClientService`` counts a
 connection as made once TCP connects; a link the server refuses (a wrong
@@ -22,9 +23,11 @@ from twisted.internet.error import ConnectError, TimeoutError
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 
-from portmapper.protocol import auth, frames
-from portmapper.protocol.frames import HELLO, MAGIC, PROTOCOL_VERSION, REFUSE, WELCOME, ProtocolError
-from portmapper.protocol.mux import EARLY_DATA, ChannelEnd, Link
+from zope.interface import implementer
+
+from portmapper.protocol import frames
+from portmapper.protocol.connection import CLIENT, Connection
+from portmapper.transport.link import ChannelEnd, ILinkOwner, LinkProtocol
 from portmapper.transport.tls import link_client_endpoint
 
 log = Logger()
@@ -40,7 +43,7 @@ class TargetProtocol(ChannelEnd):
 
 class TargetDial(ClientFactory):
     """
-    Dialling one channel's target; tells the link once, either way.
+    Dialling one channel's target; tells the handler once, either way.
 
     An address is dialled with ``connectTCP``; a name goes through
     ``HostnameEndpoint``, which resolves it off the reactor thread.  (The
@@ -51,17 +54,14 @@ class TargetDial(ClientFactory):
     protocol = TargetProtocol
     noisy = False  # one per channel: too many to log
 
-    def __init__(self, link, channel_id, window, host, port):
+    def __init__(self, handler, link, channel_id, host, port):
+        self.handler = handler
         self.link = link
         self.channel_id = channel_id
-        self.window = window
         self.host = host
         self.port = port
         self._cancel = None
         self.cancelled = False
-        self.early = []  # data the server sent before the target answered
-        self.early_bytes = 0
-        self.fin_received = False
 
     def start(self, reactor, timeout):
         try:
@@ -80,106 +80,78 @@ class TargetDial(ClientFactory):
         self._cancel()
 
     def connected(self, target):
-        self.link._targetConnected(self, target)
+        self.handler.targetConnected(self, target)
 
     def clientConnectionFailed(self, connector, reason):
         self._failed(reason)
 
     def _failed(self, failure):
         if not self.cancelled:
-            self.link._targetFailed(self, failure)
+            self.handler.targetFailed(self, failure)
 
 
-class ClientLink(Link):
+@implementer(ILinkOwner)
+class ClientLinkHandler:
+    """
+    What the client's link asks of it: connect each channel's target
+    (checking the allow-list), and keep count of links that ended before the
+    server welcomed them (for the reconnection back-off).
+    """
+
     def __init__(self, factory):
-        settings = factory.settings
-        super().__init__(factory.reactor, window=settings.window,
-                         ping_interval=settings.ping_interval,
-                         ping_timeout=settings.ping_timeout,
-                         handshake_timeout=settings.handshake_timeout,
-                         max_window=settings.max_window)
         self.factory = factory
-        self.settings = settings
+        self.settings = factory.settings
         self.reactor = factory.reactor
         self.client_id = None  # given by the server's WELCOME
-        self._hello_seen = False
-        self._connecting = {}  # channel id -> TargetDial
+        self._dials = {}  # channel id -> TargetDial
 
-    # -- handshake ------------------------------------------------------------
+    def authenticate(self, link, method, proof, tag, nonce):
+        raise NotImplementedError("only the server authenticates")
 
-    def handshakeFrameReceived(self, ftype, payload):
-        if ftype == HELLO and not self._hello_seen:
-            magic, version, nonce = frames.parse_hello(payload)
-            if magic != MAGIC:
-                raise ProtocolError("the server is not a portmapper server")
-            if version != PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"the server speaks protocol version {version}, this client {PROTOCOL_VERSION}")
-            self._hello_seen = True
-            tag = self.settings.tag
-            self.sendFrame(frames.auth(auth.proof(self.settings.token, nonce, tag), tag))
-        elif ftype == WELCOME and self._hello_seen:
-            self.client_id = frames.parse_u32(payload, "WELCOME")
-            self.establish()
-            log.info("connected to the server as client {client_id} with tag {tag}",
-                     client_id=self.client_id, tag=self.settings.tag)
-            self.factory.unwelcomed = 0
-        elif ftype == REFUSE:
-            reason = frames.parse_reason(payload)
-            log.error("the server refused this client: {reason}", reason=reason)
-            self.close()
-        else:
-            raise ProtocolError(f"unexpected {frames.NAMES[ftype]} frame during the handshake")
+    def welcomed(self, link, client_id):
+        self.client_id = client_id
+        log.info("connected to the server as client {client_id} with tag {tag}",
+                 client_id=client_id, tag=self.settings.tag)
+        self.factory.unwelcomed = 0
 
-    def linkClosed(self, reason):
-        for dial in list(self._connecting.values()):
+    def draining(self, link, reason):
+        pass  # the server opens no new channels here; the open ones carry on
+
+    def linkLost(self, link, reason, protocol_error):
+        for dial in list(self._dials.values()):
             dial.cancel()
+        self._dials.clear()
         if self.client_id is None:
             self.factory.unwelcomed += 1
-            log.warn("could not link up with the server: {why}", why=reason.getErrorMessage())
+            log.warn("could not link up with the server: {why}", why=reason)
         else:
-            log.info("link to the server lost: {why}", why=reason.getErrorMessage())
+            log.info("link to the server lost: {why}", why=reason)
 
     # -- channels ---------------------------------------------------------------
 
-    def openRequested(self, channel_id, host, port, window):
+    def openRequested(self, link, channel_id, host, port):
         allow = self.settings.allow
         if allow is not None and not allow.allows(host, port):
             log.warn("refused to open {host}:{port}: not in the allow-list", host=host, port=port)
-            self.sendFrame(frames.open_fail(
-                channel_id, frames.FAIL_DENIED, f"{host}:{port} is not in this client's allow-list"))
+            link.refuseChannel(channel_id, frames.FAIL_DENIED,
+                               f"{host}:{port} is not in this client's allow-list")
             return
-        dial = TargetDial(self, channel_id, window, host, port)
-        self._connecting[channel_id] = dial
+        dial = TargetDial(self, link, channel_id, host, port)
+        self._dials[channel_id] = dial
         dial.start(self.reactor, self.settings.connect_timeout)
 
-    def _targetConnected(self, dial, target):
-        del self._connecting[dial.channel_id]
-        self.sendFrame(frames.open_ok(dial.channel_id, self.window))
-        ch = self.addChannel(dial.channel_id, target, send_credit=dial.window,
-                             early=dial.early)
-        if ch.credit_pending >= ch.credit_batch:
-            self._sendCredit(ch)
-        if dial.fin_received:
-            self._onFin(dial.channel_id, b"")
-
-    def unopenedData(self, channel_id, chunk):
-        dial = self._connecting.get(channel_id)
-        if dial is None:
-            return  # a channel we closed; its RESET is on its way
-        dial.early_bytes += len(chunk)
-        if dial.early_bytes > EARLY_DATA:
-            raise ProtocolError(f"channel {channel_id} sent over {EARLY_DATA} bytes before OPEN_OK")
-        dial.early.append(chunk)
-
-    def unopenedFin(self, channel_id):
-        dial = self._connecting.get(channel_id)
+    def openCancelled(self, link, channel_id):
+        dial = self._dials.pop(channel_id, None)
         if dial is not None:
-            dial.fin_received = True
+            dial.cancel()
 
-    def _targetFailed(self, dial, failure):
+    def targetConnected(self, dial, target):
+        del self._dials[dial.channel_id]
+        dial.link.acceptChannel(dial.channel_id, target)
+
+    def targetFailed(self, dial, failure):
         channel_id, host, port = dial.channel_id, dial.host, dial.port
-        del self._connecting[channel_id]
+        del self._dials[channel_id]
         why = failure.getErrorMessage()
         if failure.check(TimeoutError):
             code = frames.FAIL_TIMEOUT
@@ -188,17 +160,12 @@ class ClientLink(Link):
         else:
             log.failure("connecting to {host}:{port} failed", failure, host=host, port=port)
             code = frames.FAIL_REFUSED
-        self.sendFrame(frames.open_fail(channel_id, code, f"{host}:{port}: {why}"))
-
-    def _onReset(self, channel_id, payload):
-        connecting = self._connecting.pop(channel_id, None)
-        if connecting is not None:
-            connecting.cancel()
-        else:
-            super()._onReset(channel_id, payload)
+        dial.link.refuseChannel(channel_id, code, f"{host}:{port}: {why}")
 
 
 class ClientLinkFactory(Factory):
+    noisy = False
+
     def __init__(self, settings, reactor):
         self.settings = settings
         self.reactor = reactor
@@ -206,7 +173,13 @@ class ClientLinkFactory(Factory):
         self.link = None  # the latest link built
 
     def buildProtocol(self, addr):
-        self.link = ClientLink(self)
+        s = self.settings
+        connection = Connection(
+            CLIENT, self.reactor.seconds(), window=s.window, max_window=s.max_window,
+            ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
+            handshake_timeout=s.handshake_timeout, token=s.token, tag=s.tag)
+        self.link = LinkProtocol(connection, ClientLinkHandler(self), self.reactor,
+                                 close_grace=s.handshake_timeout)
         return self.link
 
 
@@ -220,7 +193,7 @@ class LinkService(ClientService):
     def stopService(self):
         link = self.link_factory.link
         if link is not None and link.connected:
-            link.goAway("the client is shutting down")
+            link.close("the client is shutting down")
         return super().stopService()
 
 

@@ -19,7 +19,7 @@ Nothing here touches a socket or a reactor.
 
 import struct
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAGIC = b"PMAP"
 
 HEADER = struct.Struct(">BII")
@@ -27,7 +27,7 @@ HEADER_SIZE = HEADER.size  # 9
 
 # Frame types
 HELLO = 1  # server -> client: magic, version, nonce
-AUTH = 2  # client -> server: magic, version, HMAC proof, tag
+AUTH = 2  # client -> server: magic, version, proof method, proof, tag
 WELCOME = 3  # server -> client: client id
 REFUSE = 4  # server -> client: reason; the link then closes
 OPEN = 5  # server -> client: open channel to host:port
@@ -39,7 +39,7 @@ FIN = 10  # either way: no more data on this channel from the sender
 RESET = 11  # either way: the channel is gone (reason)
 PING = 12  # either way: opaque 8 bytes, answered by PONG
 PONG = 13
-GOAWAY = 14  # either way: the sender is closing the link (reason)
+GOAWAY = 14  # either way: the sender closes the link, or drains it (code, reason)
 
 NAMES = {
     HELLO: "HELLO", AUTH: "AUTH", WELCOME: "WELCOME", REFUSE: "REFUSE",
@@ -57,12 +57,28 @@ MAX_CONTROL = 4096
 FAIL_REFUSED = 0  # the target could not be reached (the OS said why)
 FAIL_TIMEOUT = 1  # the target did not answer in time
 FAIL_DENIED = 2  # the client's allow-list forbids the target
+FAIL_DRAINING = 3  # the client is draining: it takes no new channels
+
+# GOAWAY codes
+GOAWAY_CLOSING = 0  # the link closes now
+GOAWAY_DRAINING = 1  # no new channels either way; open ones carry on, then the link closes
+
+# AUTH proof methods
+AUTH_SHARED_TOKEN = 0  # HMAC-SHA256 of the nonce and tag with the shared token (32 bytes)
+
+# Channel ids are uint32; 0 is the link itself.
+MAX_CHANNEL_ID = 2**32 - 1
+# The most credit a channel may hold: a WINDOW that would go past it is a protocol error.
+MAX_CREDIT = 2**32 - 1
+PING_SIZE = 8  # PING and PONG payloads: exactly this many bytes
 
 _U32 = struct.Struct(">I")
 _OPEN = struct.Struct(">IH")  # window, port; then host (UTF-8)
 _FAIL = struct.Struct(">B")  # code; then reason (UTF-8)
 _HELLO = struct.Struct(">4sB32s")  # magic, version, nonce
-_AUTH = struct.Struct(">4sB32s")  # magic, version, proof; then tag (UTF-8)
+_AUTH = struct.Struct(">4sBB")  # magic, version, proof method; then proof, tag (UTF-8)
+_GOAWAY = struct.Struct(">B")  # code; then reason (UTF-8)
+PROOF_SIZES = {AUTH_SHARED_TOKEN: 32}
 
 
 class ProtocolError(Exception):
@@ -104,14 +120,25 @@ def parse_hello(payload):
     return _HELLO.unpack(payload)
 
 
-def auth(proof, tag):
-    return encode(AUTH, 0, _AUTH.pack(MAGIC, PROTOCOL_VERSION, proof) + tag.encode("utf-8"))
+def auth(method, proof, tag, version=PROTOCOL_VERSION):
+    return encode(AUTH, 0, _AUTH.pack(MAGIC, version, method) + proof + tag.encode("utf-8"))
 
 
 def parse_auth(payload):
-    """Return (magic, version, proof, tag)."""
-    (magic, version, proof), rest = _unpack(_AUTH, payload, "AUTH")
-    return magic, version, proof, _text(rest, "the tag")
+    """
+    Return (magic, version, method, proof, tag).  Only the magic and version
+    are read from a payload whose version is not ours (its layout may differ):
+    method, proof and tag are then None.
+    """
+    (magic, version, method), rest = _unpack(_AUTH, payload, "AUTH")
+    if magic != MAGIC or version != PROTOCOL_VERSION:
+        return magic, version, None, None, None
+    size = PROOF_SIZES.get(method)
+    if size is None:
+        raise ProtocolError(f"AUTH proof method {method} is unknown")
+    if len(rest) < size:
+        raise ProtocolError(f"AUTH frame is too short ({len(payload)} bytes)")
+    return magic, version, method, rest[:size], _text(rest[size:], "the tag")
 
 
 def welcome(client_id):
@@ -125,8 +152,20 @@ def parse_u32(payload, what):
 
 
 def reason_frame(ftype, channel_id, reason):
-    """REFUSE, RESET or GOAWAY with a human-readable reason."""
+    """REFUSE or RESET with a human-readable reason."""
     return encode(ftype, channel_id, reason.encode("utf-8")[:MAX_CONTROL])
+
+
+def goaway(code, reason):
+    return encode(GOAWAY, 0, _GOAWAY.pack(code) + reason.encode("utf-8")[:MAX_CONTROL - 1])
+
+
+def parse_goaway(payload):
+    """Return (code, reason); an unknown code counts as GOAWAY_CLOSING."""
+    (code,), rest = _unpack(_GOAWAY, payload, "GOAWAY")
+    if code not in (GOAWAY_CLOSING, GOAWAY_DRAINING):
+        code = GOAWAY_CLOSING
+    return code, rest.decode("utf-8", "replace")
 
 
 def parse_reason(payload):

@@ -25,8 +25,8 @@ from portmapper.server.link import ServerLinkFactory
 from portmapper.server.meter import Sampler
 from portmapper.server.public import PublicFactory
 from portmapper.server.registry import (
-    CLOSED, CLOSED_BY_ADMIN, MAPPING_DELETED, NO_CLIENT, PROTOCOL_ERROR,
-    TARGET_REFUSED, TIMEOUT, Mapping, Registry,
+    CLOSED, CLOSED_BY_ADMIN, DRAINING, MAPPING_DELETED, NO_CLIENT, PROTOCOL_ERROR,
+    SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Mapping, Registry,
 )
 from portmapper.server.store import Store
 from portmapper.transport.tls import link_server_endpoint
@@ -101,9 +101,10 @@ class PortMapperServer(Service):
         listeners += [m.listening for m in self.registry.mappings.values()]
         yield gatherResults([succeed(x.stopListening()) for x in listeners if x is not None])
         for channel in list(self.registry.channels.values()):
-            channel.user.close(CLOSED_BY_ADMIN)
+            channel.user.close(SERVER_STOPPED)
         for session in list(self.registry.clients.values()):
-            session.link.goAway("the server is shutting down")
+            session.closing(SERVER_STOPPED)
+            session.link.close("the server is shutting down")
             session.link.transport.abortConnection()
         # Connections lost by abortConnection report it on the next turn.
         yield deferLater(self.clock, 0, lambda: None)
@@ -172,25 +173,30 @@ class PortMapperServer(Service):
                  client_id=session.client_id, ip=ip, port=port, tag=tag)
         return session
 
+    def clientDraining(self, session):
+        """The client takes no new channels (it is stopping); its open ones carry on."""
+        session.state = DRAINING
+        log.info("client {client_id} is draining", client_id=session.client_id)
+
     def clientDisconnected(self, session, reason):
         self.registry.clients.pop(session.client_id, None)
         session.state = CLOSED
-        why = session.link.lostReason()
+        why = session.lost_reason()
         meter = session.meter
         self.store.record_client({
             "client_id": session.client_id, "ip": session.ip, "port": session.port,
             "tag": session.tag, "init_time": meter.created, "close_time": self.clock.seconds(),
             "recv_bytes": meter.recv_bytes, "send_bytes": meter.send_bytes, "close_reason": why,
         })
-        log.info("client {client_id} disconnected: {why}", client_id=session.client_id, why=why)
+        log.info("client {client_id} disconnected: {why} ({reason})",
+                 client_id=session.client_id, why=why, reason=reason)
 
-    def channelClosed(self, record, reason):
+    def channelClosed(self, record):
         self.registry.channels.pop(record.channel_id, None)
         session = self.registry.clients.get(record.client_id)
         if session is not None:
             session.channels.discard(record.channel_id)
-        record.state = CLOSED
-        record.close_reason = reason
+        record.close_reason = reason = record.decide_close_reason()
         record.close_time = self.clock.seconds()
         meter = record.meter
         self.store.record_channel({
@@ -209,8 +215,8 @@ class PortMapperServer(Service):
         session = self.registry.clients.get(client_id)
         if session is None:
             raise UnknownClient(client_id)
-        session.link.channel_close_reason = CLOSED_BY_ADMIN
-        session.link.fail("closed by admin")
+        session.closing(CLOSED_BY_ADMIN)
+        session.link.close("closed by admin")
 
     def close_channel(self, channel_id):
         channel = self.registry.channels.get(channel_id)

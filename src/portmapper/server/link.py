@@ -1,89 +1,76 @@
 """
-The server's end of a tunnel link: one ``ServerLink`` per connected client.
+The server's side of a tunnel link: one ``ServerLinkHandler`` per connected
+client, the :class:`~portmapper.transport.link.ILinkOwner` of its link.
 
-It greets the client with a nonce, checks the HMAC proof of the shared token,
-admits the client into the registry under its tag, and from then on opens
-channels on it for users of the mapped ports (see ``public.py``).
+It checks the client's proof of the shared token, admits the client into
+the registry under its tag, and tells the server when the link is gone.
+Channels are opened on the link by the public ports (``public.py``).
 """
 
-import re
-
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from zope.interface import implementer
 
-from portmapper.protocol import auth, frames
-from portmapper.protocol.frames import AUTH, MAGIC, PROTOCOL_VERSION, REFUSE, ProtocolError
-from portmapper.protocol.mux import Link
-from portmapper.server.registry import CLIENT_LOST, CLOSED, PROTOCOL_ERROR
-
-log = Logger()
-
-TAG_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+from portmapper.protocol import auth
+from portmapper.protocol.connection import SERVER, Connection
+from portmapper.protocol.frames import AUTH_SHARED_TOKEN
+from portmapper.server.registry import PROTOCOL_ERROR
+from portmapper.transport.link import ILinkOwner, LinkProtocol
 
 
-class ServerLink(Link):
+@implementer(ILinkOwner)
+class ServerLinkHandler:
+    """What one client's link asks of the server."""
+
     def __init__(self, server):
-        s = server.settings
-        super().__init__(server.clock, window=s.window, max_window=s.max_window,
-                         ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
-                         handshake_timeout=s.handshake_timeout)
         self.server = server
-        self.session = None
-        self.nonce = auth.make_nonce()
-        # why the channels end if the link does; an operator's kick changes it
-        self.channel_close_reason = CLIENT_LOST
+        self.session = None  # the registry's ClientSession, once admitted
 
-    def connectionMade(self):
-        super().connectionMade()
-        self.sendFrame(frames.hello(self.nonce))
+    def authenticate(self, link, method, proof, tag, nonce):
+        if method != AUTH_SHARED_TOKEN or not auth.verify(
+                self.server.settings.token, nonce, tag, proof):
+            link.refuse("wrong token")
+            return
+        peer = link.transport.getPeer()
+        self.session = self.server.clientConnected(link, peer.host, peer.port, tag)
+        meter, conn = self.session.meter, link.connection
+        meter.recv_bytes += conn.meter.recv_bytes
+        meter.send_bytes += conn.meter.send_bytes
+        conn.meter = meter
+        link.accept(self.session.client_id)
 
-    def handshakeFrameReceived(self, ftype, payload):
-        if ftype != AUTH:
-            raise ProtocolError(f"expected AUTH, got {frames.NAMES[ftype]}")
-        magic, version, proof, tag = frames.parse_auth(payload)
-        if magic != MAGIC:
-            raise ProtocolError("not a portmapper client")
-        if version != PROTOCOL_VERSION:
-            return self.refuse(
-                f"protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}")
-        if not TAG_PATTERN.match(tag):
-            return self.refuse("the tag must be 1 to 64 letters, digits or '_.:-'")
-        if not auth.verify(self.server.settings.token, self.nonce, tag, proof):
-            return self.refuse("wrong token")
-        peer = self.transport.getPeer()
-        self.session = self.server.clientConnected(self, peer.host, peer.port, tag)
-        self.session.meter.recv_bytes += self.meter.recv_bytes
-        self.session.meter.send_bytes += self.meter.send_bytes
-        self.meter = self.session.meter
-        self.sendFrame(frames.welcome(self.session.client_id))
-        self.establish()
+    def welcomed(self, link, client_id):
+        raise NotImplementedError("only a client is welcomed")
 
-    def refuse(self, reason):
-        self.fail(f"client refused: {reason}", ftype=REFUSE)
+    def openRequested(self, link, channel_id, host, port):
+        raise NotImplementedError("the server opens channels; it accepts none")
 
-    def fail(self, reason, ftype=frames.GOAWAY):
+    def openCancelled(self, link, channel_id):
+        pass
+
+    def draining(self, link, reason):
         if self.session is not None:
-            self.session.state = CLOSED
-        super().fail(reason, ftype)
+            self.server.clientDraining(self.session)
 
-    def linkClosed(self, reason):
+    def linkLost(self, link, reason, protocol_error):
         if self.session is not None:
+            if protocol_error:
+                self.session.closing(PROTOCOL_ERROR)
             self.server.clientDisconnected(self.session, reason)
-
-    def lostReason(self):
-        """Why the channels on this link closed with it, for history."""
-        return PROTOCOL_ERROR if self.protocol_error else self.channel_close_reason
-
-    def openSucceeded(self, ch):
-        ch.end.channelOpened()
-
-    def openFailed(self, ch, code, reason):
-        ch.end.channelOpenFailed(code, reason)
 
 
 class ServerLinkFactory(Factory):
+    """Builds the link of each client that dials the client port."""
+
+    noisy = False
+
     def __init__(self, server):
         self.server = server
 
     def buildProtocol(self, addr):
-        return ServerLink(self.server)
+        s, clock = self.server.settings, self.server.clock
+        connection = Connection(
+            SERVER, clock.seconds(), window=s.window, max_window=s.max_window,
+            ping_interval=s.ping_interval, ping_timeout=s.ping_timeout,
+            handshake_timeout=s.handshake_timeout)
+        return LinkProtocol(connection, ServerLinkHandler(self.server), clock,
+                            close_grace=s.handshake_timeout)

@@ -4,20 +4,20 @@ A mapped public port: one ``PublicFactory`` listening per mapping, one
 
 A user's connection is carried by a client with the mapping's tag: its
 first bytes go with the request to open the channel (early data, see
-``portmapper.protocol.mux``), the rest once the client has connected to the
-target, with the link's flow control both ways.  The protocol keeps
-the channel's record in the registry up to date and decides why it closed.
+``docs/protocol.rst``), the rest once the client has connected to the
+target, with the link's flow control both ways.  The protocol reports what
+happens to the channel's record in the registry, which decides the reason
+history gives for its end.
 """
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from portmapper.protocol import frames
-from portmapper.protocol.mux import ChannelEnd
-from portmapper.server.registry import (
-    CLOSING, NO_CLIENT, TARGET_CLOSED, TARGET_REFUSED,
-    TIMEOUT, USER_CLOSED, WORKING,
-)
+from portmapper.protocol.connection import LinkUnavailable
+from portmapper.server.registry import NO_CLIENT, TARGET_CLOSED, TARGET_REFUSED, TIMEOUT, USER_CLOSED
+from portmapper.transport.link import ChannelEnd
 
 log = Logger()
 
@@ -29,7 +29,7 @@ class PublicProtocol(ChannelEnd):
         self.server = server
         self.mapping = mapping
         self.record = None
-        self.close_reason = None  # the first reason decided wins
+        self.session = None  # the client carrying the channel
         self._open_timer = None
 
     def connectionMade(self):
@@ -44,63 +44,64 @@ class PublicProtocol(ChannelEnd):
         if session is None:
             self.close(NO_CLIENT)
             return
+        try:
+            session.link.openChannel(self, mapping.target_ip, mapping.target_port)
+        except LinkUnavailable:
+            self.close(NO_CLIENT)
+            return
+        self.session = session
         record.client_id = session.client_id
         session.channels.add(record.channel_id)
-        session.link.openChannel(record.channel_id, self, mapping.target_ip, mapping.target_port)
         self._open_timer = server.clock.callLater(
             server.settings.open_timeout, self.close, TIMEOUT)
 
-    def _decide(self, reason):
-        if self.close_reason is None:
-            self.close_reason = reason
-
     def close(self, reason):
         """Close this channel at both ends now, recording ``reason``."""
-        self._decide(reason)
-        if self.channel is not None and not self.channel.closed:
-            self.link.resetChannel(self.channel, reason)
+        self.record.aborted(reason)
+        if self.link is not None:
+            self.link.resetChannel(self.channel_id, reason)
         else:
             self.transport.loseConnection()  # nothing was written to the user
 
     # -- from the link ------------------------------------------------------
 
-    def channelOpened(self):
+    def opened(self):
         self._cancelOpenTimer()
-        self.record.state = WORKING
+        self.record.opened = True
 
-    def channelOpenFailed(self, code, reason):
+    def openFailed(self, code, reason):
         self._cancelOpenTimer()
         log.info("channel {channel_id} to {target}:{port} failed to open: {reason}",
                  channel_id=self.record.channel_id, target=self.mapping.target_ip,
                  port=self.mapping.target_port, reason=reason)
-        self._decide(_OPEN_FAIL_REASONS.get(code, TARGET_REFUSED))
-        self.transport.loseConnection()  # nothing was written to the user
+        self.record.aborted(_OPEN_FAIL_REASONS.get(code, TARGET_REFUSED))
+        self.link = None
+        super().openFailed(code, reason)
 
-    def peerFinished(self):
-        self._decide(TARGET_CLOSED)
-        self.record.state = CLOSING
-        super().peerFinished()
+    def peerEnded(self):
+        self.record.ended(TARGET_CLOSED)
+        super().peerEnded()
 
     def peerReset(self, reason):
-        self._decide(TARGET_CLOSED)
+        self.record.aborted(TARGET_CLOSED)
         super().peerReset(reason)
 
     def linkLost(self):
-        self._decide(self.link.lostReason())
+        self.record.aborted(self.session.lost_reason())
         super().linkLost()
 
     # -- from the user's socket ------------------------------------------------
 
     def readConnectionLost(self):
-        self._decide(USER_CLOSED)
-        self.record.state = CLOSING
+        self.record.ended(USER_CLOSED)
         super().readConnectionLost()
 
     def connectionLost(self, reason):
         self._cancelOpenTimer()
-        self._decide(USER_CLOSED)
+        if not reason.check(ConnectionDone):
+            self.record.aborted(USER_CLOSED)  # the user's connection broke
         super().connectionLost(reason)
-        self.server.channelClosed(self.record, self.close_reason)
+        self.server.channelClosed(self.record)
 
     def _cancelOpenTimer(self):
         if self._open_timer is not None and self._open_timer.active():
@@ -110,10 +111,10 @@ class PublicProtocol(ChannelEnd):
 
 class PublicFactory(Factory):
     noisy = False
+
     def __init__(self, server, mapping):
         self.server = server
         self.mapping = mapping
 
     def buildProtocol(self, addr):
         return PublicProtocol(self.server, self.mapping)
-

@@ -15,12 +15,16 @@ from portmapper.server.meter import Meter
 
 # Client states
 WORKING = "WORKING"
+DRAINING = "DRAINING"  # takes no new channels; its open ones carry on
 CLOSED = "CLOSED"
 # Channel states (plus WORKING and CLOSED)
 CONNECTING = "CONNECTING"
 CLOSING = "CLOSING"
 
-# Why a channel closed, as recorded in history (API.md lists exactly these).
+# Why a channel or a client link closed, as recorded in history (docs/api.rst
+# lists them).  A channel's two directions ending normally give ``user
+# closed`` or ``target closed`` (whichever side ended first); any other
+# reason is an abnormal end, and the first one wins over a normal end.
 USER_CLOSED = "user closed"
 TARGET_CLOSED = "target closed"
 TARGET_REFUSED = "target refused"
@@ -29,7 +33,13 @@ CLIENT_LOST = "client lost"
 CLOSED_BY_ADMIN = "closed by admin"
 MAPPING_DELETED = "mapping deleted"
 TIMEOUT = "timeout"
+IDLE_TIMEOUT = "idle timeout"
 PROTOCOL_ERROR = "protocol error"
+DENIED = "denied"
+LIMIT = "limit"
+CREDENTIAL_REVOKED = "credential revoked"
+SERVER_STOPPED = "server stopped"
+SERVER_LOST = "server lost"
 
 
 @attr.s(slots=True, eq=False)
@@ -59,10 +69,20 @@ class ClientSession:
     link = attr.ib(default=None, repr=False)  # the server's link protocol
     state = attr.ib(default=WORKING)
     channels = attr.ib(factory=set, repr=False)  # channel ids carried
+    close_reason = attr.ib(default=None)  # decided before the link goes: the first wins
 
     @property
     def init_time(self):
         return self.meter.created
+
+    def closing(self, reason):
+        """The link is ending because of ``reason`` (the first reason given wins)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+
+    def lost_reason(self):
+        """Why the link (and the channels on it) closed."""
+        return self.close_reason or CLIENT_LOST
 
 
 @attr.s(slots=True, eq=False)
@@ -77,14 +97,39 @@ class Channel:
     target_ip = attr.ib(default=None)
     target_port = attr.ib(default=None)
     client_id = attr.ib(default=None)
-    state = attr.ib(default=CONNECTING)
-    close_reason = attr.ib(default=None)
+    close_reason = attr.ib(default=None)  # set when the channel has closed
     close_time = attr.ib(default=None)
     user = attr.ib(default=None, repr=False)  # the public-port protocol
+    opened = attr.ib(default=False)  # the client reached the target
+    first_end = attr.ib(default=None)  # USER_CLOSED or TARGET_CLOSED: who sent FIN first
+    abnormal = attr.ib(default=None)  # the first abnormal reason the channel is ending for
 
     @property
     def init_time(self):
         return self.meter.created
+
+    @property
+    def state(self):
+        """What the API shows: CONNECTING, WORKING, CLOSING (a side has ended) or CLOSED."""
+        if self.close_reason is not None:
+            return CLOSED
+        if not self.opened:
+            return CONNECTING
+        return CLOSING if self.first_end is not None else WORKING
+
+    def ended(self, side):
+        """One direction ended normally: ``side`` (USER_CLOSED or TARGET_CLOSED) sent FIN."""
+        if self.first_end is None:
+            self.first_end = side
+
+    def aborted(self, reason):
+        """The channel is ending abnormally because of ``reason`` (the first one wins)."""
+        if self.abnormal is None:
+            self.abnormal = reason
+
+    def decide_close_reason(self):
+        """The reason history records: the first abnormal one, else who ended first."""
+        return self.abnormal or self.first_end or USER_CLOSED
 
 
 @attr.s(eq=False)
@@ -123,7 +168,7 @@ class Registry:
         return channel
 
     def pick_client(self, tag):
-        """A WORKING client with ``tag``, round-robin among them; or None."""
+        """A WORKING (not draining) client with ``tag``, round-robin among them; or None."""
         candidates = [c for c in self.clients.values() if c.tag == tag and c.state == WORKING]
         if not candidates:
             return None
