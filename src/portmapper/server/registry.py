@@ -20,7 +20,7 @@ CLOSED = "CLOSED"
 CONNECTING = "CONNECTING"
 CLOSING = "CLOSING"
 
-# Why a channel closed, as recorded in history (API.md lists exactly these).
+# Why a channel closed, as recorded in history (docs/api.rst lists exactly these).
 USER_CLOSED = "user closed"
 TARGET_CLOSED = "target closed"
 TARGET_REFUSED = "target refused"
