@@ -1,5 +1,5 @@
 """
-The admin JSON API (``API.md``): port mappings, clients, channels, history.
+The admin JSON API (``docs/api.rst``): port mappings, clients, channels, history.
 
 :class:`AdminAPI` is a Klein app over a running server; serve
 ``AdminAPI(server, admin_token).app.resource()``.  Every answer, failures
