@@ -1,5 +1,6 @@
 """
-Tests for L{portmapper.server.store}: SQLite storage run in a worker thread.
+Tests for L{portmapper.server.store}: SQLite storage run in a worker thread,
+and its versioned schema.
 
 These use the real reactor (the worker thread reports back through
 C{callFromThread}) and wait on Deferreds, never on sleeps.  Where time
@@ -10,13 +11,18 @@ and schedules calls on a L{task.Clock}.
 import os
 import sqlite3
 import threading
+import zipfile
+from importlib.resources import files
 
 from twisted.internet import reactor, task
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from portmapper.server.store import CHANNEL_KEYS, CLIENT_KEYS, Store
+from portmapper.server.store import CHANNEL_KEYS, CLIENT_KEYS, Store, schema
+from portmapper.server.store.schema import SchemaError
+from portmapper.server.store.sqlite import INSERT_CHANNEL, INSERT_CLIENT
+from tests import test_tap
 
 # Records closed recently enough for the default retention against the real
 # reactor's clock (a whole number, so that expected records compare equal).
@@ -63,7 +69,9 @@ def client(client_id, **fields):
     return record
 
 
-class StoreTests(unittest.TestCase):
+class StoreCase(unittest.TestCase):
+    """A database path of its own, and ways to open a Store on it."""
+
     def setUp(self):
         self.path = os.path.join(self.mktemp(), "data", "portmapper.sqlite3")
 
@@ -74,6 +82,17 @@ class StoreTests(unittest.TestCase):
         self.addCleanup(store.stop)
         yield store.start()
         return store
+
+    @inlineCallbacks
+    def refused(self):
+        """Start a Store on self.path that must fail; return the SchemaError's message."""
+        store = Store(self.path, reactor)
+        self.addCleanup(store.stop)
+        error = yield self.assertFailure(store.start(), SchemaError)
+        return str(error)
+
+
+class StoreTests(StoreCase):
 
     @inlineCallbacks
     def test_mappings_round_trip(self):
@@ -372,3 +391,183 @@ class StoreTests(unittest.TestCase):
         ids = [r["channel_id"] for r in rows]
         kept = list(range(310, 310 - (300 - dropped), -1))
         self.assertEqual(ids, kept + list(range(10, 0, -1)))
+
+
+def sql(path, script=""):
+    """A plain connection to the database at C{path}, after running C{script} on it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.executescript(script)
+    return conn
+
+
+def inspect(path):
+    """(schema version rows, table names, id_blocks) of the database at C{path}."""
+    conn = sql(path)
+    tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    versions = conn.execute("SELECT version FROM schema_version").fetchall()
+    blocks = None
+    if "id_blocks" in tables:
+        blocks = dict(conn.execute("SELECT name, next_free FROM id_blocks"))
+    conn.close()
+    return versions, tables, blocks
+
+
+def schema_of(path):
+    """Every table and index of the database at C{path}, with its SQL."""
+    conn = sql(path)
+    rows = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    conn.close()
+    return rows
+
+
+READ = schema.read  # the real schema files
+
+
+def failing(version):
+    """A stand-in for schema.read whose upgrade to C{version} fails after doing some work."""
+
+    def read(name):
+        text = READ(name)
+        if name == f"upgrade-{version}.sql":
+            text += "\nINSERT INTO no_such_table VALUES (1);\n"
+        return text
+
+    return read
+
+
+LATEST_TABLES = schema.V1_TABLES | {"schema_version", "id_blocks"}
+
+
+class SchemaTests(StoreCase):
+    @inlineCallbacks
+    def refused_after(self, script):
+        """Create a database at the latest version, run C{script} on it; return why it is refused."""
+        yield (yield self.open()).stop()
+        sql(self.path, script).close()
+        return (yield self.refused())
+
+    @inlineCallbacks
+    def test_new_database_latest(self):
+        """A new database is created at the latest version, id_blocks seeded with 1."""
+        store = yield self.open()
+        yield store.stop()
+        self.assertEqual(schema.LATEST, 2)
+        self.assertEqual(inspect(self.path),
+                         ([(2,)], LATEST_TABLES, {"client_id": 1, "channel_id": 1}))
+
+    @inlineCallbacks
+    def test_v1_upgraded_rows_intact(self):
+        """A version-1 database (no version table) is upgraded to 2 and keeps every row."""
+        conn = sql(self.path, schema.read("v1.sql"))
+        with conn:
+            conn.execute("INSERT INTO mappings VALUES (6000, '10.0.0.1', 22, 'lab')")
+            conn.execute(INSERT_CHANNEL, channel(17))
+            conn.execute(INSERT_CLIENT, client(4))
+            conn.execute("UPDATE last_ids SET value = 4 WHERE name = 'client_id'")
+            conn.execute("UPDATE last_ids SET value = 17 WHERE name = 'channel_id'")
+        conn.close()
+
+        store = yield self.open()
+        self.assertEqual((yield store.load_mappings()), [(6000, "10.0.0.1", 22, "lab")])
+        self.assertEqual((yield store.query_channel_history()), [channel(17)])
+        self.assertEqual((yield store.query_client_history()), [client(4)])
+        self.assertEqual((yield store.last_ids()), (4, 17))
+        yield store.stop()
+        self.assertEqual(inspect(self.path),
+                         ([(2,)], LATEST_TABLES, {"client_id": 5, "channel_id": 18}))
+
+        # Upgraded or created new, a database ends with the same schema.
+        upgraded, self.path = self.path, os.path.join(self.mktemp(), "new.sqlite3")
+        yield (yield self.open()).stop()
+        self.assertEqual(schema_of(upgraded), schema_of(self.path))
+
+    @inlineCallbacks
+    def test_future_version_refused(self):
+        """A database newer than the code is refused with one sentence, and left untouched."""
+        message = yield self.refused_after("UPDATE schema_version SET version = 3")
+        self.assertEqual(message, f"{self.path} has schema version 3, but this portmapper knows"
+                                  " versions up to 2 only: run a newer portmapper, or use"
+                                  " another data directory.")
+        self.assertEqual(inspect(self.path)[0], [(3,)])
+
+    @inlineCallbacks
+    def test_failed_upgrade_rolled_back(self):
+        """An upgrade that fails midway is rolled back: the database stays at version 1, usable."""
+        sql(self.path, schema.read("v1.sql")
+            + "UPDATE last_ids SET value = 9 WHERE name = 'channel_id';").close()
+        self.patch(schema, "read", failing(2))
+        message = yield self.refused()
+        self.assertEqual(message, f"Could not upgrade {self.path} from schema version 1 to 2"
+                                  " (no such table: no_such_table), so it is left at version 1.")
+        self.assertEqual(inspect(self.path), ([(1,)], schema.V1_TABLES | {"schema_version"}, None))
+
+        self.patch(schema, "read", READ)
+        store = yield self.open()
+        self.assertEqual((yield store.last_ids()), (0, 9))
+        yield store.stop()
+        self.assertEqual(inspect(self.path),
+                         ([(2,)], LATEST_TABLES, {"client_id": 1, "channel_id": 10}))
+
+    @inlineCallbacks
+    def test_failed_creation_leaves_nothing(self):
+        """A new database whose creation fails gets no table at all, and is created at the next start."""
+        self.patch(schema, "read", failing(2))
+        message = yield self.refused()
+        self.assertEqual(message, f"Could not create the database {self.path}:"
+                                  " no such table: no_such_table.")
+        self.assertEqual(schema_of(self.path), [])
+
+        self.patch(schema, "read", READ)
+        yield (yield self.open()).stop()
+        self.assertEqual(inspect(self.path)[:2], ([(2,)], LATEST_TABLES))
+
+    @inlineCallbacks
+    def test_foreign_database_refused(self):
+        """A database with other tables and no version is refused, and left untouched."""
+        sql(self.path, "CREATE TABLE mappings (x); CREATE TABLE notes (y);").close()
+        message = yield self.refused()
+        self.assertEqual(message, f"{self.path} is not a portmapper database: it has the tables"
+                                  " mappings, notes but no schema_version table.")
+        self.assertEqual([name for _, name, _ in schema_of(self.path)], ["mappings", "notes"])
+
+    @inlineCallbacks
+    def test_damaged_version_refused(self):
+        """A schema_version table without its one row is refused with one sentence."""
+        message = yield self.refused_after("DELETE FROM schema_version")
+        self.assertEqual(message, f"{self.path} has a damaged schema_version table:"
+                                  " it should hold one version number.")
+
+    @inlineCallbacks
+    def test_not_a_database_refused(self):
+        """A file that is not SQLite is refused with one sentence, not a traceback."""
+        os.makedirs(os.path.dirname(self.path))
+        with open(self.path, "wb") as f:
+            f.write(b"portmapper mappings, as text?\n" * 100)
+        message = yield self.refused()
+        self.assertEqual(message, f"Cannot open the database {self.path}: file is not a database.")
+
+    def test_files_numbered(self):
+        """The schema files are v1.sql and upgrade-2.sql up to upgrade-LATEST.sql, none more."""
+        expected = {"v1.sql"} | {f"upgrade-{n}.sql" for n in range(2, schema.LATEST + 1)}
+        self.assertEqual(schema_files(), expected)
+
+
+def schema_files():
+    """The names of the .sql files in the schema package."""
+    return {p.name for p in files(schema.__name__).iterdir() if p.name.endswith(".sql")}
+
+
+class WheelTests(unittest.SynchronousTestCase):
+    """The schema files reach the wheel, built (once per run) as L{test_tap} builds it."""
+
+    setUp = test_tap.WheelTests.setUp
+    buildWheel = test_tap.WheelTests.buildWheel
+
+    def test_schema_files_in_wheel(self):
+        """The wheel carries every schema file the store reads."""
+        with zipfile.ZipFile(self.buildWheel()) as wheel:
+            names = set(wheel.namelist())
+        self.assertIn("portmapper/server/store/schema/__init__.py", names)
+        for name in schema_files():
+            self.assertIn(f"portmapper/server/store/schema/{name}", names)

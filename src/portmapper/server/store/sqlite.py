@@ -1,6 +1,15 @@
 """
-The server's persistent storage: port mappings, closed-channel and client
+The SQLite backend of the store: port mappings, closed-channel and client
 history, in one SQLite file.
+
+Schema
+------
+At :meth:`Store.start`, in the store's thread, the file is created or
+brought to the current schema version by :func:`.schema.migrate` (new
+database in one transaction, each upgrade in one transaction).  A file
+that cannot be used (newer than this code, not a database, a failed
+upgrade) makes ``start()`` fail with a :class:`.schema.SchemaError`
+whose message is one sentence.
 
 Threading
 ---------
@@ -45,6 +54,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from portmapper.server.store import schema
+
 log = Logger()
 
 CHANNEL_KEYS = (
@@ -56,41 +67,6 @@ CLIENT_KEYS = (
     "client_id", "ip", "port", "tag", "init_time", "close_time",
     "recv_bytes", "send_bytes", "close_reason",
 )
-
-# History columns are deliberately lenient (no NOT NULL): a record with an
-# unexpected None is better stored than lost with the rest of its batch.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS mappings (
-    public_port INTEGER PRIMARY KEY,
-    target_ip TEXT NOT NULL,
-    target_port INTEGER NOT NULL,
-    tag TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS channel_history (
-    channel_id INTEGER PRIMARY KEY,
-    port INTEGER, ip TEXT, user_port INTEGER,
-    client_id INTEGER, target_ip TEXT, target_port INTEGER,
-    init_time REAL, close_time REAL,
-    recv_bytes INTEGER, send_bytes INTEGER, close_reason TEXT
-);
--- channel_id is the rowid, so these also serve "ORDER BY channel_id DESC".
-CREATE INDEX IF NOT EXISTS channel_history_port ON channel_history (port);
-CREATE INDEX IF NOT EXISTS channel_history_client ON channel_history (client_id);
-CREATE INDEX IF NOT EXISTS channel_history_close ON channel_history (close_time);
-CREATE TABLE IF NOT EXISTS client_history (
-    client_id INTEGER PRIMARY KEY,
-    ip TEXT, port INTEGER, tag TEXT,
-    init_time REAL, close_time REAL,
-    recv_bytes INTEGER, send_bytes INTEGER, close_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS client_history_close ON client_history (close_time);
-CREATE TABLE IF NOT EXISTS last_ids (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO last_ids VALUES ('client_id', 0), ('channel_id', 0);
-"""
-
 
 def _insert(table, keys):
     names = ", ".join(keys)
@@ -137,12 +113,25 @@ class Store:
     # -- life cycle ----------------------------------------------------------
 
     def start(self):
-        """Start the thread; open (or create) the database. Fires when ready."""
+        """
+        Start the thread; open (or create, or upgrade) the database. Fires
+        when ready, or fails with :class:`.schema.SchemaError`; either way,
+        :meth:`stop` ends the thread.
+        """
         self._pool.start()
         self._running = True
         d = self._defer(self._open)
+        d.addCallback(self._opened)
         self._schedule()  # records made before start() queue behind _open
         return d
+
+    def _opened(self, versions):
+        found, latest = versions
+        if found is None:
+            log.info("Created {path} at schema version {version}", path=self._path, version=latest)
+        elif found != latest:
+            log.info("Upgraded {path} from schema version {found} to {version}",
+                     path=self._path, found=found, version=latest)
 
     def stop(self):
         """Write what is pending, close the database, stop the thread. Idempotent."""
@@ -169,10 +158,19 @@ class Store:
 
     def _open(self):
         os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
-        self._conn = sqlite3.connect(self._path)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(SCHEMA)
-        self._conn.commit()
+        conn = None
+        try:
+            conn = sqlite3.connect(self._path)
+            conn.execute("PRAGMA journal_mode=WAL")
+            versions = schema.migrate(_Schema(conn), self._path)
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise schema.SchemaError(f"Cannot open the database {self._path}: {e}.") from e
+            raise
+        self._conn = conn
+        return versions
 
     def _close(self):
         if self._conn is not None:
@@ -318,3 +316,28 @@ class Store:
         sql += f" ORDER BY {key} DESC LIMIT ?"
         args.append(limit)
         return [dict(zip(keys, row)) for row in self._conn.execute(sql, args)]
+
+
+class _Schema:
+    """What :func:`.schema.migrate` needs of an SQLite connection."""
+
+    Error = sqlite3.Error
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def tables(self):
+        return {name for (name,) in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+
+    def rows(self, sql):
+        return self._conn.execute(sql).fetchall()
+
+    def transaction(self, script):
+        # executescript runs the statements as written, so the script carries
+        # its own BEGIN and COMMIT; a failure leaves that transaction open.
+        try:
+            self._conn.executescript(f"BEGIN;\n{script}\nCOMMIT;")
+        except BaseException:
+            self._conn.rollback()
+            raise
