@@ -44,6 +44,7 @@ class ConfigTestCase(SynchronousTestCase):
             self.assertIn(name, message)
         self.assertNotIn("\n", message)
         self.assertTrue(message.endswith("."), message)
+        self.assertFalse(message.endswith(".."), message)
         self.assertTrue(message[:1].isupper(), message)
         return message
 
@@ -312,15 +313,31 @@ class BadValueTests(ConfigTestCase):
         self.assertUsageError(ClientOptions, ["--connect-timeout", "0"], "connect-timeout")
 
     def test_badTag(self):
-        """A tag that is empty, too long or has other characters is refused, naming tag."""
-        for bad in ("", "a" * 65, "two words", "slash/", "semi;colon"):
-            self.assertUsageError(ClientOptions, ["--tag", bad], "tag")
+        """A tag the server would refuse (space, non-ASCII, control, 65 chars) is refused, naming tag."""
+        for bad in ("", "a" * 65, "two words", "a b", "slash/", "semi;colon", "\u2603",
+                    "\u00e9t\u00e9", "%00", "a\x00b"):
+            message = self.assertUsageError(ClientOptions, ["--tag", bad], "tag")
+            self.assertIn("1 to 64 ASCII letters, digits or any of '_.:-'", message)
         self.assertEqual(parse(ClientOptions, ["--tag", "a" * 64]).tag, "a" * 64)
+
+    def test_badTagInFile(self):
+        """A tag with a space or a non-ASCII letter in tap.conf is a start-up error too."""
+        for bad in ("a b", "\u00e9t\u00e9", "\u2603"):
+            path = self.mktemp()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(f"[client]\ntag = {bad}\n")
+            self.assertUsageError(ClientOptions, ["--config", path], "tag")
+
+    def test_unicodeDigits(self):
+        """Digits other than ASCII 0-9 are not numbers, as everywhere else."""
+        for key, bad in (("window", "\u0661\u0666\u0663\u0668\u0664"),
+                         ("history-max-rows", "\u00b2")):
+            self.assertUsageError(ServerOptions, ["--" + key, bad], key)
 
     def test_badAllow(self):
         """An allow rule that does not parse is refused, naming allow."""
         for bad in ("10.0.0.0/8", "10.0.0.1:0", "10.0.0.1:65536", "10.0.0.1:90-80",
-                    "bad_host!:22", ":22", "10.0.0.1:x", ";"):
+                    "bad_host!:22", ":22", "10.0.0.1:x", ";", "10.0.0.300:22"):
             self.assertUsageError(ClientOptions, ["--allow", bad], "allow")
 
     def test_emptyAdminToken(self):
@@ -523,7 +540,8 @@ class AllowListTests(SynchronousTestCase):
                     "10.0.0.1:65536", "10.0.0.1:80-", "10.0.0.1:-80", "10.0.0.1:90-80",
                     "10.0.0.1:x", "10.0.0.1:22,", "bad_host!:22", "-lead.example:22",
                     "a..b:22", ("a" * 64) + ".example:22", "10.0.0.0/33:22",
-                    "*:22", "10.0.0.1:22 oops"):
+                    "*:22", "10.0.0.1:22 oops", "10.0.0.300:22", "1.2.3:22", "a-.example:22",
+                    "h\u00e9.example:22", "\u0661\u0662.example:\u0662\u0662", "10.0.0.1:\u0662\u0662"):
             self.assertRaises(ValueError, AllowList.parse, bad)
 
     def test_parseErrorNamesRule(self):

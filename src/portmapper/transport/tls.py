@@ -34,6 +34,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portmapper import validate
 from portmapper.transport.directwrite import direct_writers
 from portmapper.transport.tune import READ_SIZE, tune_transport
 
@@ -91,12 +92,9 @@ def _port(kind, kwargs, allow_zero):
     if text is None:
         raise ValueError(f"The {kind}: description needs a port.")
     try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise ValueError(f"Bad port {text!r} in the {kind}: description.")
-    return port
+        return validate.port(text, allow_zero)
+    except ValueError as e:
+        raise ValueError(f"Bad port {text!r} in the {kind}: description; it {e}.") from None
 
 
 def server_context(cert_path, key_path):
@@ -159,9 +157,16 @@ def parse_server(text):
         raise ValueError(f"Bad backlog {kwargs['backlog']!r} in the ssl: description.") from None
     if "privateKey" not in kwargs:
         raise ValueError("The ssl: description needs privateKey=PEM file.")
+    interface = kwargs.get("interface", "")
+    if interface:
+        try:
+            interface = validate.address(interface)
+        except ValueError as e:
+            raise ValueError(f"Bad interface {interface!r} in the ssl: description; "
+                             f"it {e}.") from None
     key = kwargs["privateKey"]
     context = server_context(kwargs.get("certKey", key), key)
-    return port, kwargs.get("interface", ""), backlog, context
+    return port, interface, backlog, context
 
 
 def parse_client(text):
@@ -177,6 +182,10 @@ def parse_client(text):
     host = kwargs.get("host")
     if not host:
         raise ValueError("The tls: description needs host=NAME.")
+    try:
+        host = validate.host(host)
+    except ValueError as e:
+        raise ValueError(f"Bad host {host!r} in the tls: description; it {e}.") from None
     port = _port(kind, kwargs, allow_zero=False)
     try:
         timeout = float(kwargs.get("timeout", "30"))
