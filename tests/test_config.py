@@ -56,7 +56,7 @@ class DefaultTests(ConfigTestCase):
         """The server's defaults: client port 1111, admin API on loopback 8080, no tokens."""
         settings = parse(ServerOptions, [])
         self.assertEqual(settings, ServerSettings())
-        self.assertEqual(settings.client_port, "tcp:1111")
+        self.assertEqual(settings.client_port.text, "tcp:1111")
         self.assertEqual(settings.admin, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(settings.public_interface, "0.0.0.0")
         self.assertEqual(settings.data_dir, "portmapper-data")
@@ -75,7 +75,7 @@ class DefaultTests(ConfigTestCase):
         """The client's defaults: server on loopback 1111, tag 'default', any target allowed."""
         settings = parse(ClientOptions, [])
         self.assertEqual(settings, ClientSettings())
-        self.assertEqual(settings.server, "tcp:host=127.0.0.1:port=1111")
+        self.assertEqual(settings.server.text, "tcp:host=127.0.0.1:port=1111")
         self.assertEqual(settings.tag, "default")
         self.assertEqual(settings.token, "")
         self.assertIsNone(settings.allow)
@@ -121,7 +121,7 @@ class CommandLineTests(ConfigTestCase):
             "--token", "sekrit", "--allow", "10.0.0.0/8:22", "--window", "16384",
             "--connect-timeout", "2",
         ])
-        self.assertEqual(settings.server, "tcp:host=tunnel.example.org:port=4321")
+        self.assertEqual(settings.server.text, "tcp:host=tunnel.example.org:port=4321")
         self.assertEqual(settings.tag, "lab-1.a:b_c")
         self.assertEqual(settings.token, "sekrit")
         self.assertIsInstance(settings.allow, AllowList)
@@ -133,7 +133,7 @@ class CommandLineTests(ConfigTestCase):
     def test_valuesAreStripped(self):
         """Spaces around a value are ignored."""
         settings = parse(ServerOptions, ["--window", " 32768 ", "--client-port", " tcp:2222 "])
-        self.assertEqual((settings.window, settings.client_port), (32768, "tcp:2222"))
+        self.assertEqual((settings.window, settings.client_port.text), (32768, "tcp:2222"))
 
     def test_windowBounds(self):
         """The window may be anything from 16 KiB to 64 MiB inclusive."""
@@ -159,7 +159,7 @@ tag = not-for-the-server
     def test_serverValuesFromFile(self):
         """Keys of the [server] section become settings; others keep their defaults."""
         settings = parse(ServerOptions, ["--config", self.writeConfig(self.SERVER)])
-        self.assertEqual(settings.client_port, "tcp:2222")
+        self.assertEqual(settings.client_port.text, "tcp:2222")
         self.assertEqual(settings.public_interface, "127.0.0.2")
         self.assertEqual(settings.token, "from-file")
         self.assertEqual(settings.window, 32768)
@@ -170,7 +170,7 @@ tag = not-for-the-server
     def test_shortOption(self):
         """-c is --config."""
         settings = parse(ServerOptions, ["-c", self.writeConfig(self.SERVER)])
-        self.assertEqual(settings.client_port, "tcp:2222")
+        self.assertEqual(settings.client_port.text, "tcp:2222")
 
     def test_clientValuesFromFile(self):
         """The client reads only the [client] section of the same file."""
@@ -184,7 +184,7 @@ tag = not-for-the-server
         settings = parse(ServerOptions, [
             "--config", self.writeConfig(self.SERVER),
             "--client-port", "tcp:3333", "--window", "16384"])
-        self.assertEqual(settings.client_port, "tcp:3333")
+        self.assertEqual(settings.client_port.text, "tcp:3333")
         self.assertEqual(settings.window, 16384)
         # Keys not given on the command line still come from the file.
         self.assertEqual(settings.token, "from-file")
@@ -201,7 +201,7 @@ tag = not-for-the-server
             "[server]\nclient-port = tcp:2222\nhistory_max_rows = 5\n"
             "history-max-age = 99\npublic_interface = ::1\n")
         settings = parse(ServerOptions, ["--config", path])
-        self.assertEqual(settings.client_port, "tcp:2222")
+        self.assertEqual(settings.client_port.text, "tcp:2222")
         self.assertEqual(settings.history_max_rows, 5)
         self.assertEqual(settings.history_max_age, 99.0)
         self.assertEqual(settings.public_interface, "::1")
@@ -231,7 +231,7 @@ tag = not-for-the-server
     def test_repositoryExampleServer(self):
         """The documented tap.conf gives the server its example settings."""
         settings = parse(ServerOptions, ["--config", str(ROOT / "tap.conf")])
-        self.assertEqual(settings.client_port, "tcp:1111")
+        self.assertEqual(settings.client_port.text, "tcp:1111")
         self.assertEqual(settings.admin, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(settings.public_interface, "0.0.0.0")
         self.assertEqual(settings.data_dir, "portmapper-data")
@@ -240,7 +240,7 @@ tag = not-for-the-server
     def test_repositoryExampleClient(self):
         """The documented tap.conf gives the client its example settings."""
         settings = parse(ClientOptions, ["--config", str(ROOT / "tap.conf")])
-        self.assertEqual(settings.server, "tcp:host=127.0.0.1:port=1111")
+        self.assertEqual(settings.server.text, "tcp:host=127.0.0.1:port=1111")
         self.assertEqual(settings.tag, "default")
         self.assertEqual(settings.token, "change-me")
 

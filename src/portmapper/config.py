@@ -14,19 +14,19 @@ import ipaddress
 import math
 
 import attr
-from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
 from portmapper import validate
-from portmapper.transport import tls
 from portmapper.protocol.mux import (
     DEFAULT_WINDOW, HANDSHAKE_TIMEOUT, MAX_WINDOW, PING_INTERVAL, PING_TIMEOUT,
 )
+from portmapper.transport import endpoints
 
 
 @attr.s(frozen=True)
 class ServerSettings:
-    client_port = attr.ib(default="tcp:1111")
+    # An endpoints.ServerSpec; a description given here is parsed into one.
+    client_port = attr.ib(default="tcp:1111", converter=endpoints.server_spec)
     admin = attr.ib(default="tcp:8080:interface=127.0.0.1")
     public_interface = attr.ib(default="0.0.0.0")
     data_dir = attr.ib(default="portmapper-data")
@@ -45,7 +45,8 @@ class ServerSettings:
 
 @attr.s(frozen=True)
 class ClientSettings:
-    server = attr.ib(default="tcp:host=127.0.0.1:port=1111")
+    # An endpoints.ClientSpec; a description given here is parsed into one.
+    server = attr.ib(default="tcp:host=127.0.0.1:port=1111", converter=endpoints.client_spec)
     tag = attr.ib(default="default")
     token = attr.ib(default="")
     allow = attr.ib(default=None)  # an AllowList, or None for any target
@@ -105,31 +106,6 @@ class AllowList:
 
 # -- value checkers: text -> value, ValueError with the reason -------------
 
-def _server_endpoint(text):
-    try:
-        serverFromString(None, text)  # parses only; nothing listens
-    except (TypeError, OSError) as e:  # a missing or unknown parameter; an unreadable key file
-        raise ValueError(str(e)) from e
-    return text
-
-
-def _link_server_endpoint(text):
-    """The client port: our own TLS for ``ssl:``, else any Twisted server endpoint."""
-    if tls.parse_server(text) is None:
-        _server_endpoint(text)
-    return text
-
-
-def _link_client_endpoint(text):
-    """The server to dial: our own TLS for ``tls:``, else any Twisted client endpoint."""
-    if tls.parse_client(text) is None:
-        try:
-            clientFromString(None, text)
-        except (TypeError, OSError) as e:
-            raise ValueError(str(e)) from e
-    return text
-
-
 def _positive_int(text):
     try:
         return validate.integer(text, 1, 2**63 - 1)  # SQLite's largest integer
@@ -173,8 +149,8 @@ def _max_window(text):
 
 # name -> (checker, help)
 SERVER_KEYS = {
-    "client_port": (_link_server_endpoint, "Endpoint tunnel clients connect to."),
-    "admin": (_server_endpoint, "Endpoint of the admin JSON API."),
+    "client_port": (endpoints.server_spec, "Endpoint tunnel clients connect to."),
+    "admin": (endpoints.check_server_description, "Endpoint of the admin JSON API."),
     "public_interface": (validate.address, "Address the mapped public ports listen on."),
     "data_dir": (_text, "Directory for the SQLite database (mappings, history)."),
     "token": (_text, "Shared secret clients must prove they know."),
@@ -190,7 +166,7 @@ SERVER_KEYS = {
 }
 
 CLIENT_KEYS = {
-    "server": (_link_client_endpoint, "Endpoint of the server's client port."),
+    "server": (endpoints.client_spec, "Endpoint of the server's client port."),
     "tag": (validate.tag, "Tag announced to the server; mappings pick clients by tag."),
     "token": (_text, "Shared secret (the server's --token)."),
     "allow": (AllowList.parse, "Targets this client may open, e.g. '192.168.0.0/16:22,80'."),
