@@ -244,9 +244,21 @@ class PortMapperTests(AdminTestCase):
             self.assertRejected(f"port=5433&mapper_ip=10.0.0.1&{mapper_port}", "mapper_port")
 
     def test_create_bad_tag(self):
-        """An empty, overlong or control-character mapper_tag is a 400 naming it."""
-        for tag in ["", "a" * 65, "a%0Ab"]:
+        """A mapper_tag no client could announce (space, non-ASCII, control, 65 chars) is a 400 naming it."""
+        for tag in ["", "a" * 65, "a%0Ab", "a%20b", "%20", "%E2%98%83", "%C3%A9t%C3%A9", "%00",
+                    "a%2Fb", "%FF"]:
             self.assertRejected(f"port=5433&mapper_ip=10.0.0.1&mapper_port=22&mapper_tag={tag}", "mapper_tag")
+
+    def test_create_bad_tag_message(self):
+        """The 400 for a bad tag says the one tag rule."""
+        reason = self.failed("POST", "/port_mapper?port=5433&mapper_ip=10.0.0.1&mapper_port=22&mapper_tag=a%20b", 400)
+        self.assertEqual(reason, "Parameter 'mapper_tag' must be 1 to 64 ASCII letters, digits or any of '_.:-'.")
+
+    def test_create_tag_characters(self):
+        """A mapper_tag of 64 characters using every kind the rule allows is accepted as given."""
+        tag = ("Az09_.:-" * 8)
+        self.call("POST", f"/port_mapper?port=5433&mapper_ip=10.0.0.1&mapper_port=22&mapper_tag={tag}")
+        self.assertEqual(self.server.calls, [("add_mapping", 5433, "10.0.0.1", 22, tag)])
 
     def test_delete(self):
         """DELETE /port_mapper?port= removes the mapping through the server."""

@@ -44,6 +44,7 @@ class ConfigTestCase(SynchronousTestCase):
             self.assertIn(name, message)
         self.assertNotIn("\n", message)
         self.assertTrue(message.endswith("."), message)
+        self.assertFalse(message.endswith(".."), message)
         self.assertTrue(message[:1].isupper(), message)
         return message
 
@@ -55,7 +56,7 @@ class DefaultTests(ConfigTestCase):
         """The server's defaults: client port 1111, admin API on loopback 8080, no tokens."""
         settings = parse(ServerOptions, [])
         self.assertEqual(settings, ServerSettings())
-        self.assertEqual(settings.client_port, "tcp:1111")
+        self.assertEqual(settings.client_port.text, "tcp:1111")
         self.assertEqual(settings.admin, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(settings.public_interface, "0.0.0.0")
         self.assertEqual(settings.data_dir, "portmapper-data")
@@ -74,7 +75,7 @@ class DefaultTests(ConfigTestCase):
         """The client's defaults: server on loopback 1111, tag 'default', any target allowed."""
         settings = parse(ClientOptions, [])
         self.assertEqual(settings, ClientSettings())
-        self.assertEqual(settings.server, "tcp:host=127.0.0.1:port=1111")
+        self.assertEqual(settings.server.text, "tcp:host=127.0.0.1:port=1111")
         self.assertEqual(settings.tag, "default")
         self.assertEqual(settings.token, "")
         self.assertIsNone(settings.allow)
@@ -120,7 +121,7 @@ class CommandLineTests(ConfigTestCase):
             "--token", "sekrit", "--allow", "10.0.0.0/8:22", "--window", "16384",
             "--connect-timeout", "2",
         ])
-        self.assertEqual(settings.server, "tcp:host=tunnel.example.org:port=4321")
+        self.assertEqual(settings.server.text, "tcp:host=tunnel.example.org:port=4321")
         self.assertEqual(settings.tag, "lab-1.a:b_c")
         self.assertEqual(settings.token, "sekrit")
         self.assertIsInstance(settings.allow, AllowList)
@@ -132,7 +133,7 @@ class CommandLineTests(ConfigTestCase):
     def test_valuesAreStripped(self):
         """Spaces around a value are ignored."""
         settings = parse(ServerOptions, ["--window", " 32768 ", "--client-port", " tcp:2222 "])
-        self.assertEqual((settings.window, settings.client_port), (32768, "tcp:2222"))
+        self.assertEqual((settings.window, settings.client_port.text), (32768, "tcp:2222"))
 
     def test_windowBounds(self):
         """The window may be anything from 16 KiB to 64 MiB inclusive."""
@@ -158,7 +159,7 @@ tag = not-for-the-server
     def test_serverValuesFromFile(self):
         """Keys of the [server] section become settings; others keep their defaults."""
         settings = parse(ServerOptions, ["--config", self.writeConfig(self.SERVER)])
-        self.assertEqual(settings.client_port, "tcp:2222")
+        self.assertEqual(settings.client_port.text, "tcp:2222")
         self.assertEqual(settings.public_interface, "127.0.0.2")
         self.assertEqual(settings.token, "from-file")
         self.assertEqual(settings.window, 32768)
@@ -169,7 +170,7 @@ tag = not-for-the-server
     def test_shortOption(self):
         """-c is --config."""
         settings = parse(ServerOptions, ["-c", self.writeConfig(self.SERVER)])
-        self.assertEqual(settings.client_port, "tcp:2222")
+        self.assertEqual(settings.client_port.text, "tcp:2222")
 
     def test_clientValuesFromFile(self):
         """The client reads only the [client] section of the same file."""
@@ -183,7 +184,7 @@ tag = not-for-the-server
         settings = parse(ServerOptions, [
             "--config", self.writeConfig(self.SERVER),
             "--client-port", "tcp:3333", "--window", "16384"])
-        self.assertEqual(settings.client_port, "tcp:3333")
+        self.assertEqual(settings.client_port.text, "tcp:3333")
         self.assertEqual(settings.window, 16384)
         # Keys not given on the command line still come from the file.
         self.assertEqual(settings.token, "from-file")
@@ -200,7 +201,7 @@ tag = not-for-the-server
             "[server]\nclient-port = tcp:2222\nhistory_max_rows = 5\n"
             "history-max-age = 99\npublic_interface = ::1\n")
         settings = parse(ServerOptions, ["--config", path])
-        self.assertEqual(settings.client_port, "tcp:2222")
+        self.assertEqual(settings.client_port.text, "tcp:2222")
         self.assertEqual(settings.history_max_rows, 5)
         self.assertEqual(settings.history_max_age, 99.0)
         self.assertEqual(settings.public_interface, "::1")
@@ -230,7 +231,7 @@ tag = not-for-the-server
     def test_repositoryExampleServer(self):
         """The documented tap.conf gives the server its example settings."""
         settings = parse(ServerOptions, ["--config", str(ROOT / "tap.conf")])
-        self.assertEqual(settings.client_port, "tcp:1111")
+        self.assertEqual(settings.client_port.text, "tcp:1111")
         self.assertEqual(settings.admin, "tcp:8080:interface=127.0.0.1")
         self.assertEqual(settings.public_interface, "0.0.0.0")
         self.assertEqual(settings.data_dir, "portmapper-data")
@@ -239,7 +240,7 @@ tag = not-for-the-server
     def test_repositoryExampleClient(self):
         """The documented tap.conf gives the client its example settings."""
         settings = parse(ClientOptions, ["--config", str(ROOT / "tap.conf")])
-        self.assertEqual(settings.server, "tcp:host=127.0.0.1:port=1111")
+        self.assertEqual(settings.server.text, "tcp:host=127.0.0.1:port=1111")
         self.assertEqual(settings.tag, "default")
         self.assertEqual(settings.token, "change-me")
 
@@ -312,15 +313,31 @@ class BadValueTests(ConfigTestCase):
         self.assertUsageError(ClientOptions, ["--connect-timeout", "0"], "connect-timeout")
 
     def test_badTag(self):
-        """A tag that is empty, too long or has other characters is refused, naming tag."""
-        for bad in ("", "a" * 65, "two words", "slash/", "semi;colon"):
-            self.assertUsageError(ClientOptions, ["--tag", bad], "tag")
+        """A tag the server would refuse (space, non-ASCII, control, 65 chars) is refused, naming tag."""
+        for bad in ("", "a" * 65, "two words", "a b", "slash/", "semi;colon", "\u2603",
+                    "\u00e9t\u00e9", "%00", "a\x00b"):
+            message = self.assertUsageError(ClientOptions, ["--tag", bad], "tag")
+            self.assertIn("1 to 64 ASCII letters, digits or any of '_.:-'", message)
         self.assertEqual(parse(ClientOptions, ["--tag", "a" * 64]).tag, "a" * 64)
+
+    def test_badTagInFile(self):
+        """A tag with a space or a non-ASCII letter in tap.conf is a start-up error too."""
+        for bad in ("a b", "\u00e9t\u00e9", "\u2603"):
+            path = self.mktemp()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(f"[client]\ntag = {bad}\n")
+            self.assertUsageError(ClientOptions, ["--config", path], "tag")
+
+    def test_unicodeDigits(self):
+        """Digits other than ASCII 0-9 are not numbers, as everywhere else."""
+        for key, bad in (("window", "\u0661\u0666\u0663\u0668\u0664"),
+                         ("history-max-rows", "\u00b2")):
+            self.assertUsageError(ServerOptions, ["--" + key, bad], key)
 
     def test_badAllow(self):
         """An allow rule that does not parse is refused, naming allow."""
         for bad in ("10.0.0.0/8", "10.0.0.1:0", "10.0.0.1:65536", "10.0.0.1:90-80",
-                    "bad_host!:22", ":22", "10.0.0.1:x", ";"):
+                    "bad_host!:22", ":22", "10.0.0.1:x", ";", "10.0.0.300:22"):
             self.assertUsageError(ClientOptions, ["--allow", bad], "allow")
 
     def test_emptyAdminToken(self):
@@ -523,7 +540,8 @@ class AllowListTests(SynchronousTestCase):
                     "10.0.0.1:65536", "10.0.0.1:80-", "10.0.0.1:-80", "10.0.0.1:90-80",
                     "10.0.0.1:x", "10.0.0.1:22,", "bad_host!:22", "-lead.example:22",
                     "a..b:22", ("a" * 64) + ".example:22", "10.0.0.0/33:22",
-                    "*:22", "10.0.0.1:22 oops"):
+                    "*:22", "10.0.0.1:22 oops", "10.0.0.300:22", "1.2.3:22", "a-.example:22",
+                    "h\u00e9.example:22", "\u0661\u0662.example:\u0662\u0662", "10.0.0.1:\u0662\u0662"):
             self.assertRaises(ValueError, AllowList.parse, bad)
 
     def test_parseErrorNamesRule(self):

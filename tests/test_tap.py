@@ -82,7 +82,7 @@ class ServerServiceTests(SynchronousTestCase):
         self.assertIsInstance(server, PortMapperServer)
         self.assertIs(server.settings, options.settings)
         self.assertIsInstance(server.settings, ServerSettings)
-        self.assertEqual(server.settings.client_port, "tcp:0:interface=127.0.0.1")
+        self.assertEqual(server.settings.client_port.text, "tcp:0:interface=127.0.0.1")
         self.assertEqual(server.settings.token, "sekrit")
         self.assertEqual(server.settings.window, 32768)
         self.assertEqual(server.sampler.interval, 2.0)

@@ -76,6 +76,8 @@ class ParseTests(TestCase):
             f"ssl:0:interface=127.0.0.1:backlog=7:privateKey={self.certs.key}"
             f":certKey={self.certs.cert}")
         self.assertEqual((port, interface, backlog), (0, "127.0.0.1", 7))
+        self.assertEqual(tls.parse_server(f"ssl:1:interface=\\:\\:0001:privateKey={self.certs.key}"
+                                          f":certKey={self.certs.cert}")[1], "::1")
         self.assertTrue(context.check_hostname is False)
 
     def test_server_errors(self):
@@ -91,6 +93,8 @@ class ParseTests(TestCase):
             (f"ssl:1111:privateKey={key}:certKey=/nonexistent.pem",
              "Cannot load the TLS certificate '/nonexistent.pem'"),
             (f"ssl:1111:privateKey={cert}", "Cannot load the TLS certificate"),
+            (f"ssl:+1111:privateKey={key}", "Bad port '+1111'"),
+            (f"ssl:1111:interface=example.org:privateKey={key}", "Bad interface 'example.org'"),
         ]
         for text, expected in cases:
             with self.assertRaises(ValueError, msg=text) as caught:
@@ -105,6 +109,7 @@ class ParseTests(TestCase):
         self.assertTrue(context.check_hostname)
         self.assertEqual(len(context.get_ca_certs()), 1)
         self.assertEqual(tls.parse_client("tls:example.org:443")[:2], ("example.org", 443))
+        self.assertEqual(tls.parse_client(r"tls:\:\:0001:443")[:2], ("::1", 443))
 
     def test_client_errors(self):
         """Each mistake in a tls: description is named in one sentence."""
@@ -114,6 +119,9 @@ class ParseTests(TestCase):
             ("tls:port=1111", "needs host"),
             ("tls:host=h", "needs a port"),
             ("tls:host=h:port=0", "Bad port '0'"),
+            ("tls:host=h:port=\u0661", "Bad port '\u0661'"),
+            ("tls:host=10.0.0.300:port=1", "Bad host '10.0.0.300'"),
+            ("tls:host=bad_host:port=1", "Bad host 'bad_host'"),
             ("tls:host=h:port=1:timeout=-1", "Bad timeout '-1'"),
             ("tls:host=h:port=1:caCertsDir=/x", "Unsupported option 'caCertsDir'"),
             ("tls:host=h:port=1:trustRoots=/nonexistent", "Cannot read the trustRoots"),

@@ -14,17 +14,18 @@ import ipaddress
 import math
 
 import attr
-from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
-from portmapper.transport import tls
+from portmapper import validate
 from portmapper.protocol.connection import HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT
 from portmapper.protocol.windows import DEFAULT_WINDOW, MAX_WINDOW
+from portmapper.transport import endpoints
 
 
 @attr.s(frozen=True)
 class ServerSettings:
-    client_port = attr.ib(default="tcp:1111")
+    # An endpoints.ServerSpec; a description given here is parsed into one.
+    client_port = attr.ib(default="tcp:1111", converter=endpoints.server_spec)
     admin = attr.ib(default="tcp:8080:interface=127.0.0.1")
     public_interface = attr.ib(default="0.0.0.0")
     data_dir = attr.ib(default="portmapper-data")
@@ -43,7 +44,8 @@ class ServerSettings:
 
 @attr.s(frozen=True)
 class ClientSettings:
-    server = attr.ib(default="tcp:host=127.0.0.1:port=1111")
+    # An endpoints.ClientSpec; a description given here is parsed into one.
+    server = attr.ib(default="tcp:host=127.0.0.1:port=1111", converter=endpoints.client_spec)
     tag = attr.ib(default="default")
     token = attr.ib(default="")
     allow = attr.ib(default=None)  # an AllowList, or None for any target
@@ -75,12 +77,12 @@ class AllowList:
                 raise ValueError(f"rule {rule!r} is not NET:PORTS")
             where = where.strip("[]")
             try:
-                net = ipaddress.ip_network(where, strict=False)
+                net = validate.network(where)
             except ValueError:
-                if not _is_hostname(where):
+                if not validate.is_host_name(where):
                     raise ValueError(f"{where!r} is not an address, network or host name") from None
                 net = where.lower()
-            rules.append((net, None if ports == "*" else _parse_ports(ports)))
+            rules.append((net, None if ports == "*" else validate.port_ranges(ports)))
         if not rules:
             raise ValueError("no rules given")
         return cls(rules)
@@ -101,67 +103,13 @@ class AllowList:
         return False
 
 
-def _parse_ports(text):
-    ranges = []
-    for part in text.split(","):
-        low, dash, high = part.partition("-")
-        low = _port(low)
-        high = _port(high) if dash else low
-        if low > high:
-            raise ValueError(f"port range {part!r} is backwards")
-        ranges.append((low, high))
-    return ranges
-
-
-def _port(text):
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"{text!r} is not a port from 1 to 65535")
-    return int(text)
-
-
-def _is_hostname(name):
-    labels = name.rstrip(".").split(".")
-    return 0 < len(name) <= 253 and all(
-        0 < len(label) <= 63 and label.replace("-", "").isalnum() and not label.startswith("-")
-        for label in labels)
-
-
 # -- value checkers: text -> value, ValueError with the reason -------------
 
-def _server_endpoint(text):
-    try:
-        serverFromString(None, text)  # parses only; nothing listens
-    except (TypeError, OSError) as e:  # a missing or unknown parameter; an unreadable key file
-        raise ValueError(str(e)) from e
-    return text
-
-
-def _link_server_endpoint(text):
-    """The client port: our own TLS for ``ssl:``, else any Twisted server endpoint."""
-    if tls.parse_server(text) is None:
-        _server_endpoint(text)
-    return text
-
-
-def _link_client_endpoint(text):
-    """The server to dial: our own TLS for ``tls:``, else any Twisted client endpoint."""
-    if tls.parse_client(text) is None:
-        try:
-            clientFromString(None, text)
-        except (TypeError, OSError) as e:
-            raise ValueError(str(e)) from e
-    return text
-
-
-def _address(text):
-    ipaddress.ip_address(text)
-    return text
-
-
 def _positive_int(text):
-    if not text.isdigit() or int(text) <= 0:
-        raise ValueError("must be a positive whole number")
-    return int(text)
+    try:
+        return validate.integer(text, 1, 2**63 - 1)  # SQLite's largest integer
+    except ValueError:
+        raise ValueError("must be a positive whole number") from None
 
 
 def _positive_float(text):
@@ -172,12 +120,6 @@ def _positive_float(text):
     if not (value > 0 and math.isfinite(value)):
         raise ValueError("must be a positive number")
     return value
-
-
-def _tag(text):
-    if not 1 <= len(text) <= 64 or not all(c.isalnum() or c in "_.:-" for c in text):
-        raise ValueError("must be 1 to 64 letters, digits or '_.:-'")
-    return text
 
 
 def _text(text):
@@ -206,9 +148,9 @@ def _max_window(text):
 
 # name -> (checker, help)
 SERVER_KEYS = {
-    "client_port": (_link_server_endpoint, "Endpoint tunnel clients connect to."),
-    "admin": (_server_endpoint, "Endpoint of the admin JSON API."),
-    "public_interface": (_address, "Address the mapped public ports listen on."),
+    "client_port": (endpoints.server_spec, "Endpoint tunnel clients connect to."),
+    "admin": (endpoints.check_server_description, "Endpoint of the admin JSON API."),
+    "public_interface": (validate.address, "Address the mapped public ports listen on."),
     "data_dir": (_text, "Directory for the SQLite database (mappings, history)."),
     "token": (_text, "Shared secret clients must prove they know."),
     "admin_token": (_nonempty, "Bearer token the admin API requires (needed off loopback)."),
@@ -223,8 +165,8 @@ SERVER_KEYS = {
 }
 
 CLIENT_KEYS = {
-    "server": (_link_client_endpoint, "Endpoint of the server's client port."),
-    "tag": (_tag, "Tag announced to the server; mappings pick clients by tag."),
+    "server": (endpoints.client_spec, "Endpoint of the server's client port."),
+    "tag": (validate.tag, "Tag announced to the server; mappings pick clients by tag."),
     "token": (_text, "Shared secret (the server's --token)."),
     "allow": (AllowList.parse, "Targets this client may open, e.g. '192.168.0.0/16:22,80'."),
     "window": (_window, "Per-channel flow-control window to start with, bytes."),
@@ -277,7 +219,9 @@ def load_settings(section, keys, settings_type, config_path, given):
         try:
             values[name] = check(text.strip())
         except ValueError as e:
-            raise usage.UsageError(f"Bad value {text!r} for {name.replace('_', '-')}: {e}.") from None
+            reason = str(e).rstrip(".")  # some reasons are sentences already
+            raise usage.UsageError(
+                f"Bad value {text!r} for {name.replace('_', '-')}: {reason}.") from None
     return settings_type(**values)
 
 

@@ -28,7 +28,7 @@ from zope.interface import implementer
 from portmapper.protocol import frames
 from portmapper.protocol.connection import CLIENT, Connection
 from portmapper.transport.link import ChannelEnd, ILinkOwner, LinkProtocol
-from portmapper.transport.tls import link_client_endpoint
+from portmapper.transport.endpoints import link_client_endpoint
 
 log = Logger()
 

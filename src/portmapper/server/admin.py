@@ -12,13 +12,13 @@ or method we do not serve, 500 for a fault of ours, logged).
 Parameters come from the query string.  Each is parsed by :func:`_param`
 with one of the kinds below, so a missing or malformed one is a 400 naming
 it, and nothing is asked of the server before every parameter is good.
+The rules are :mod:`portmapper.validate`'s, which the config and the link
+use too.
 """
 
 import functools
 import hmac
-import ipaddress
 import json
-import re
 import time
 
 from klein import Klein
@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as NoRoute
 
+from portmapper import validate
 from portmapper.errors import (
     BadParameter, PortMapperError, Unauthorized, UnknownChannel, UnknownClient, UnknownMapping,
 )
@@ -37,49 +38,22 @@ log = Logger()
 SUCCESS = {"result": "success"}
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
-MAX_TAG_LENGTH = 64
 
 _REQUIRED = object()
-_DIGITS = re.compile(r"[0-9]{1,19}")
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 # -- parameters ---------------------------------------------------------------
 
 def _integer(low, high):
-    def parse(text):
-        if _DIGITS.fullmatch(text) and low <= int(text) <= high:
-            return int(text)
-        return None
-    return parse
+    return lambda text: validate.integer(text, low, high)
 
 
-def _host(text):
-    """``text`` as an IP address (normalised) or a host name (RFC 1123), else None."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    labels = (text[:-1] if text.endswith(".") else text).split(".")
-    if (
-        len(text) <= 253
-        and all(_HOST_LABEL.fullmatch(label) for label in labels)
-        and not labels[-1].isdigit()  # "10.0.0.300" is a typo, not a name
-    ):
-        return text
-    return None
-
-
-def _tag(text):
-    return text if 0 < len(text) <= MAX_TAG_LENGTH and text.isprintable() else None
-
-
-# A kind of parameter: (parse text -> value or None, what it must be).
-PORT = (_integer(1, 65535), "an integer from 1 to 65535")
+# A kind of parameter: (parse text -> value, raising ValueError; what it must be).
+PORT = (validate.port, validate.PORT_RULE)
 ID = (_integer(1, 2**63 - 1), "a positive integer")
 LIMIT = (_integer(1, MAX_LIMIT), f"an integer from 1 to {MAX_LIMIT}")
-HOST = (_host, "an IP address or a host name")
-TAG = (_tag, f"1 to {MAX_TAG_LENGTH} printable characters")
+HOST = (validate.host, validate.HOST_RULE)
+TAG = (validate.tag, validate.TAG_RULE)
 
 
 def _param(request, name, kind, default=_REQUIRED):
@@ -91,12 +65,9 @@ def _param(request, name, kind, default=_REQUIRED):
             raise BadParameter(f"Parameter '{name}' is required and must be {what}.")
         return default
     try:
-        value = parse(values[0].decode("utf-8"))
-    except UnicodeDecodeError:
-        value = None
-    if value is None:
-        raise BadParameter(f"Parameter '{name}' must be {what}.")
-    return value
+        return parse(values[0].decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError is one too
+        raise BadParameter(f"Parameter '{name}' must be {what}.") from None
 
 
 # -- rendering ----------------------------------------------------------------

@@ -13,7 +13,7 @@ import os
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -29,7 +29,7 @@ from portmapper.server.registry import (
     SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Mapping, Registry,
 )
 from portmapper.server.store import Store
-from portmapper.transport.tls import link_server_endpoint
+from portmapper.transport.endpoints import link_server_endpoint, tcp_server_endpoint
 
 log = Logger()
 
@@ -113,10 +113,8 @@ class PortMapperServer(Service):
     # -- mappings -----------------------------------------------------------
 
     def _listen(self, mapping):
-        interface = self.settings.public_interface
-        endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-        endpoint = endpoint_type(self.reactor, mapping.public_port,
-                                 backlog=PUBLIC_BACKLOG, interface=interface)
+        endpoint = tcp_server_endpoint(self.reactor, mapping.public_port,
+                                       self.settings.public_interface, PUBLIC_BACKLOG)
         d = endpoint.listen(PublicFactory(self, mapping))
 
         def cannot(failure):

@@ -3,8 +3,10 @@ TLS on the tunnel link, with the standard library's ``ssl`` module.
 
 The link's endpoints keep Twisted's syntax: the server's client port may be
 ``ssl:PORT:privateKey=KEY:certKey=CERT[:interface=IP][:backlog=N]`` and the
-client dials ``tls:host=H:port=P[:trustRoots=DIR][:timeout=S]``.  Any other
-description goes to Twisted's own ``serverFromString``/``clientFromString``.
+client dials ``tls:host=H:port=P[:trustRoots=DIR][:timeout=S]``.  This
+module parses those descriptions (:func:`parse_server`, :func:`parse_client`);
+:mod:`portmapper.transport.endpoints` builds the endpoints, and sends any
+other description to Twisted's own ``serverFromString``/``clientFromString``.
 
 Why not Twisted's TLS (``TLSMemoryBIOProtocol`` over pyOpenSSL): on a link
 that moves hundreds of MB/s it copied each chunk several times between
@@ -25,15 +27,12 @@ connection, and the wrapped protocol's ``connectionLost`` gets the TLS error.
 import os
 import ssl
 
-from twisted.internet.endpoints import (
-    HostnameEndpoint, TCP4ServerEndpoint, TCP6ServerEndpoint, clientFromString,
-    serverFromString,
-)
 from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from portmapper import validate
 from portmapper.transport.directwrite import direct_writers
 from portmapper.transport.tune import READ_SIZE, tune_transport
 
@@ -91,12 +90,9 @@ def _port(kind, kwargs, allow_zero):
     if text is None:
         raise ValueError(f"The {kind}: description needs a port.")
     try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise ValueError(f"Bad port {text!r} in the {kind}: description.")
-    return port
+        return validate.port(text, allow_zero)
+    except ValueError as e:
+        raise ValueError(f"Bad port {text!r} in the {kind}: description; it {e}.") from None
 
 
 def server_context(cert_path, key_path):
@@ -159,9 +155,16 @@ def parse_server(text):
         raise ValueError(f"Bad backlog {kwargs['backlog']!r} in the ssl: description.") from None
     if "privateKey" not in kwargs:
         raise ValueError("The ssl: description needs privateKey=PEM file.")
+    interface = kwargs.get("interface", "")
+    if interface:
+        try:
+            interface = validate.address(interface)
+        except ValueError as e:
+            raise ValueError(f"Bad interface {interface!r} in the ssl: description; "
+                             f"it {e}.") from None
     key = kwargs["privateKey"]
     context = server_context(kwargs.get("certKey", key), key)
-    return port, kwargs.get("interface", ""), backlog, context
+    return port, interface, backlog, context
 
 
 def parse_client(text):
@@ -177,6 +180,10 @@ def parse_client(text):
     host = kwargs.get("host")
     if not host:
         raise ValueError("The tls: description needs host=NAME.")
+    try:
+        host = validate.host(host)
+    except ValueError as e:
+        raise ValueError(f"Bad host {host!r} in the tls: description; it {e}.") from None
     port = _port(kind, kwargs, allow_zero=False)
     try:
         timeout = float(kwargs.get("timeout", "30"))
@@ -185,26 +192,6 @@ def parse_client(text):
     if not timeout > 0:
         raise ValueError(f"Bad timeout {kwargs['timeout']!r} in the tls: description.")
     return host, port, timeout, client_context(kwargs.get("trustRoots"))
-
-
-def link_server_endpoint(reactor, text):
-    """The endpoint the server listens on for tunnel clients (see the module docstring)."""
-    parsed = parse_server(text)
-    if parsed is None:
-        return serverFromString(reactor, text)
-    port, interface, backlog, context = parsed
-    endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
-    return TLSServerEndpoint(endpoint_type(reactor, port, backlog, interface), context)
-
-
-def link_client_endpoint(reactor, text):
-    """The endpoint the client dials the server on (see the module docstring)."""
-    parsed = parse_client(text)
-    if parsed is None:
-        return clientFromString(reactor, text)
-    host, port, timeout, context = parsed
-    return TLSClientEndpoint(HostnameEndpoint(reactor, host, port, timeout=timeout),
-                             context, host)
 
 
 class TLSServerEndpoint:
