@@ -370,7 +370,7 @@ class ChannelTests(AdminTestCase):
         self.add_mapping(6000)
         self.add_channel(5555)
         second = self.add_channel(5555, user_ip="192.168.184.2", user_port=4000)
-        second.state = WORKING
+        second.opened = True
         self.assertEqual(self.call("GET", "/channel"), {
             "5555": [
                 {"channel_id": 1, "ip": "192.168.184.1", "port": 57984, "state": "CONNECTING"},
@@ -399,7 +399,7 @@ class ChannelTests(AdminTestCase):
         """GET /channel?channel_id= shows one open channel with times and traffic."""
         self.add_mapping(5555)
         channel = self.add_channel(5555, client_id=1)
-        channel.state = WORKING
+        channel.opened = True
         channel.meter.recv_bytes = 3 * MiB
         channel.meter.send_bytes = 6 * MiB
         self.clock.advance(2)

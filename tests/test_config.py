@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from portmapper.client.tap import Options as ClientOptions
 from portmapper.config import AllowList, ClientSettings, ServerSettings
-from portmapper.protocol.mux import DEFAULT_WINDOW, HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT
+from portmapper.protocol.connection import HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT
+from portmapper.protocol.windows import DEFAULT_WINDOW
 from portmapper.server.tap import Options as ServerOptions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -108,12 +108,6 @@ class TLSParsedOnceTests(SynchronousTestCase):
         host, port, _, timeout, _ = self.reactor.tcpClients[0]
         self.assertEqual((host, port, timeout), ("127.0.0.1", 4321, 7.0))
 
-    def test_tls_module_name_kept(self):
-        """tls.link_client_endpoint, the name client/agent.py imports, builds from the spec too."""
-        spec = endpoints.client_spec(f"tls:host=127.0.0.1:port=4321:trustRoots={self.trust}")
-        tls.link_client_endpoint(self.reactor, spec).connect(Factory.forProtocol(Protocol))
-        self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 4321))
-
 
 class TwistedKindsTests(SynchronousTestCase):
     def test_server_and_client(self):

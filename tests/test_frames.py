@@ -15,7 +15,7 @@ from portmapper.protocol.frames import (
     AUTH, DATA, FIN, GOAWAY, HELLO, MAX_CONTROL, MAX_DATA, OPEN, OPEN_FAIL,
     OPEN_OK, PING, PONG, REFUSE, RESET, WELCOME, WINDOW, FrameDecoder, ProtocolError,
 )
-from portmapper.protocol.mux import HANDSHAKE_MAX_CONTROL
+from portmapper.protocol.connection import HANDSHAKE_MAX_CONTROL
 
 CONTROL_TYPES = sorted(set(frames.NAMES) - {DATA})
 
@@ -111,11 +111,36 @@ class EncoderRoundTripTests(SynchronousTestCase):
 
     @given(proof=st.binary(min_size=32, max_size=32), tag=texts)
     def test_auth(self, proof, tag):
-        """AUTH carries the magic, the version, the 32-byte proof and the tag."""
-        ftype, channel_id, payload = decodeOne(frames.auth(proof, tag))
+        """AUTH carries the magic, the version, the proof method, the 32-byte proof and the tag."""
+        ftype, channel_id, payload = decodeOne(frames.auth(frames.AUTH_SHARED_TOKEN, proof, tag))
         self.assertEqual((ftype, channel_id), (AUTH, 0))
         self.assertEqual(frames.parse_auth(payload),
-                         (frames.MAGIC, frames.PROTOCOL_VERSION, proof, tag))
+                         (frames.MAGIC, frames.PROTOCOL_VERSION, frames.AUTH_SHARED_TOKEN,
+                          proof, tag))
+
+    def test_authOfAnotherVersion(self):
+        """Of an AUTH of another version, only the magic and the version are read."""
+        payload = struct.pack(">4sB32s", frames.MAGIC, 1, b"p" * 32) + b"tag"
+        self.assertEqual(frames.parse_auth(payload), (frames.MAGIC, 1, None, None, None))
+
+    def test_authUnknownMethod(self):
+        """An AUTH with a proof method this version does not know is refused."""
+        payload = frames.auth(frames.AUTH_SHARED_TOKEN, b"p" * 32, "t")[frames.HEADER_SIZE:]
+        payload = payload[:5] + b"\x7f" + payload[6:]
+        error = self.assertRaises(ProtocolError, frames.parse_auth, payload)
+        self.assertIn("method 127", str(error))
+
+    @given(code=st.sampled_from([frames.GOAWAY_CLOSING, frames.GOAWAY_DRAINING]), reason=texts)
+    def test_goaway(self, code, reason):
+        """GOAWAY carries its code and reason."""
+        ftype, channel_id, payload = decodeOne(frames.goaway(code, reason))
+        self.assertEqual((ftype, channel_id), (GOAWAY, 0))
+        self.assertEqual(frames.parse_goaway(payload), (code, reason))
+
+    def test_goawayUnknownCode(self):
+        """A GOAWAY code this version does not know counts as closing."""
+        self.assertEqual(frames.parse_goaway(b"\x09bye"), (frames.GOAWAY_CLOSING, "bye"))
+        self.assertRaises(ProtocolError, frames.parse_goaway, b"")
 
     @given(client_id=u32s)
     def test_welcome(self, client_id):
@@ -126,7 +151,7 @@ class EncoderRoundTripTests(SynchronousTestCase):
 
     @given(ftype=st.sampled_from([REFUSE, RESET, GOAWAY]), channel_id=channel_ids, reason=texts)
     def test_reason(self, ftype, channel_id, reason):
-        """REFUSE, RESET and GOAWAY carry their reason as text."""
+        """REFUSE, RESET and GOAWAY carry their reason as text (GOAWAY after its code)."""
         decoded = decodeOne(frames.reason_frame(ftype, channel_id, reason))
         self.assertEqual(decoded[:2], (ftype, channel_id))
         self.assertEqual(frames.parse_reason(decoded[2]), reason)
@@ -305,9 +330,9 @@ class MalformedInputTests(SynchronousTestCase):
         self.assertRaises(ProtocolError, frames.parse_hello, b"")
 
     def test_truncatedAuth(self):
-        """An AUTH payload shorter than magic, version and proof is refused."""
-        good = frames.auth(b"p" * 32, "")[frames.HEADER_SIZE:]
-        self.assertEqual(len(good), 37)
+        """An AUTH payload shorter than magic, version, method and proof is refused."""
+        good = frames.auth(frames.AUTH_SHARED_TOKEN, b"p" * 32, "")[frames.HEADER_SIZE:]
+        self.assertEqual(len(good), 38)
         error = self.assertRaises(ProtocolError, frames.parse_auth, good[:-1])
         self.assertIn("too short", str(error))
 
@@ -327,7 +352,8 @@ class MalformedInputTests(SynchronousTestCase):
 
     def test_badUtf8Tag(self):
         """An AUTH tag that is not UTF-8 is refused."""
-        payload = struct.pack(">4sB32s", frames.MAGIC, 1, b"p" * 32) + b"\xff\xfe"
+        payload = frames.auth(frames.AUTH_SHARED_TOKEN, b"p" * 32, "")[frames.HEADER_SIZE:]
+        payload += b"\xff\xfe"
         error = self.assertRaises(ProtocolError, frames.parse_auth, payload)
         self.assertIn("UTF-8", str(error))
 

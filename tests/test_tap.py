@@ -314,7 +314,7 @@ class WheelTests(SynchronousTestCase):
         for module in ("portmapper/__init__.py", "portmapper/config.py",
                        "portmapper/server/tap.py", "portmapper/server/core.py",
                        "portmapper/client/tap.py", "portmapper/client/agent.py",
-                       "portmapper/protocol/mux.py"):
+                       "portmapper/protocol/connection.py"):
             self.assertIn(module, names)
         self.assertFalse([n for n in names if n.startswith("tests/")])
         self.assertIn("Requires-Dist: twisted", metadata)
