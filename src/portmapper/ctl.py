@@ -33,6 +33,7 @@ from twisted.internet.task import deferLater, react
 from twisted.web.client import (
     Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived,
 )
+from treq.client import HTTPClient
 
 DEFAULT_ADMIN = "http://127.0.0.1:8080"
 ENV_ADMIN = "PORTMAPPER_ADMIN"
@@ -507,7 +508,6 @@ def main(argv, reactor, out=None, err=None, environ=None, http=None):
         return args
     pool = None
     if http is None:
-        from treq.client import HTTPClient
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = TOP_CONCURRENCY
         http = HTTPClient(Agent(reactor, pool=pool))
