@@ -71,13 +71,15 @@ class TLSLinkTests(TestCase):
 
     @inlineCallbacks
     def test_client_stopping_says_goodbye(self):
-        """A stopping client's GOAWAY arrives over TLS before its close, and the server drops it."""
+        """A stopping client's GOAWAYs (draining, then closing) arrive over TLS before its close."""
         yield self.startServer()
+        draining = logged(self, "tunnel link to {peer} is draining", "reason")
         reasons = logged(self, "tunnel link to {peer} closed by the peer", "reason")
         client = yield self.linkUp()
         yield client.stopService()
         yield wait_for(lambda: not self.server.registry.clients, what="the client to go")
-        self.assertEqual(reasons, ["the client is shutting down"])
+        self.assertEqual(draining, ["the client is stopping"])
+        self.assertEqual(reasons, ["drained"])
 
     @inlineCallbacks
     def test_garbage_on_tls_port(self):

@@ -37,6 +37,9 @@ class ServerSettings:
     ping_timeout = attr.ib(default=PING_TIMEOUT)
     handshake_timeout = attr.ib(default=HANDSHAKE_TIMEOUT)
     open_timeout = attr.ib(default=15.0)
+    half_close_timeout = attr.ib(default=60.0)
+    idle_timeout = attr.ib(default=0.0)  # 0: never
+    drain_timeout = attr.ib(default=30.0)
     sample_interval = attr.ib(default=1.0)
     history_max_rows = attr.ib(default=100_000)
     history_max_age = attr.ib(default=30 * 86400.0)
@@ -55,6 +58,7 @@ class ClientSettings:
     ping_interval = attr.ib(default=PING_INTERVAL)
     ping_timeout = attr.ib(default=PING_TIMEOUT)
     handshake_timeout = attr.ib(default=HANDSHAKE_TIMEOUT)
+    drain_timeout = attr.ib(default=30.0)
 
 
 @attr.s(frozen=True)
@@ -113,12 +117,20 @@ def _positive_int(text):
 
 
 def _positive_float(text):
+    return _float(text, 0.0, "a positive number", inclusive=False)
+
+
+def _nonnegative_float(text):
+    return _float(text, 0.0, "a number, 0 or more", inclusive=True)
+
+
+def _float(text, low, what, inclusive):
     try:
         value = float(text)
     except ValueError:
-        raise ValueError("must be a positive number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError("must be a positive number")
+        value = math.nan
+    if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+        raise ValueError(f"must be {what}")
     return value
 
 
@@ -159,6 +171,11 @@ SERVER_KEYS = {
     "ping_interval": (_positive_float, "Seconds between pings (round-trip timing, keepalive)."),
     "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),
     "open_timeout": (_positive_float, "Seconds a channel may wait for its target."),
+    "half_close_timeout": (_positive_float, "Seconds a channel may stay half-closed."),
+    "idle_timeout": (_nonnegative_float,
+                     "Seconds a channel may carry no byte either way before it is closed (0: never)."),
+    "drain_timeout": (_positive_float,
+                      "Seconds a stopping server lets its open channels finish."),
     "sample_interval": (_positive_float, "Seconds between traffic statistics samples."),
     "history_max_rows": (_positive_int, "Closed channels kept in history."),
     "history_max_age": (_positive_float, "Seconds closed channels are kept in history."),
@@ -174,6 +191,8 @@ CLIENT_KEYS = {
     "connect_timeout": (_positive_float, "Seconds to wait for a target to accept."),
     "ping_interval": (_positive_float, "Seconds between pings (round-trip timing, keepalive)."),
     "ping_timeout": (_positive_float, "Seconds of link silence before the link is dropped."),
+    "drain_timeout": (_positive_float,
+                      "Seconds a stopping client lets its open channels finish."),
 }
 
 

@@ -19,6 +19,7 @@ import random
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.error import ConnectError, TimeoutError
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
@@ -121,6 +122,7 @@ class ClientLinkHandler:
         for dial in list(self._dials.values()):
             dial.cancel()
         self._dials.clear()
+        self.factory.linkLost(link)
         if self.client_id is None:
             self.factory.unwelcomed += 1
             log.warn("could not link up with the server: {why}", why=reason)
@@ -171,6 +173,18 @@ class ClientLinkFactory(Factory):
         self.reactor = reactor
         self.unwelcomed = 0  # links in a row that ended before WELCOME
         self.link = None  # the latest link built
+        self._lost_waiters = {}  # link -> [Deferred fired when it is lost]
+
+    def link_lost_deferred(self, link):
+        """A Deferred that fires when ``link`` is gone."""
+        d = Deferred()
+        self._lost_waiters.setdefault(link, []).append(d)
+        return d
+
+    def linkLost(self, link):
+        for d in self._lost_waiters.pop(link, []):
+            if not d.called:
+                d.callback(None)
 
     def buildProtocol(self, addr):
         s = self.settings
@@ -184,17 +198,38 @@ class ClientLinkFactory(Factory):
 
 
 class LinkService(ClientService):
-    """``ClientService`` that, stopping, tells the server it is going (GOAWAY)."""
+    """
+    ``ClientService`` that, stopping, drains its link: it tells the server it
+    takes no new channels (GOAWAY draining), lets the open ones finish for
+    up to ``drain_timeout`` seconds, then closes the link.
+    """
 
-    def __init__(self, endpoint, factory, **kwargs):
-        super().__init__(endpoint, factory, **kwargs)
+    def __init__(self, endpoint, factory, drain_timeout, clock, **kwargs):
+        super().__init__(endpoint, factory, clock=clock, **kwargs)
         self.link_factory = factory
+        self.drain_timeout = drain_timeout
+        self.clock = clock
 
+    @inlineCallbacks
     def stopService(self):
         link = self.link_factory.link
-        if link is not None and link.connected:
-            link.close("the client is shutting down")
-        return super().stopService()
+        if link is not None and link.connected and link.connection.established:
+            open_channels = len(link.connection.channels)
+            if open_channels:
+                log.info("draining: {count} channel(s) may finish within {timeout:g} s",
+                         count=open_channels, timeout=self.drain_timeout)
+            drained = self.link_factory.link_lost_deferred(link)
+            link.goAway("the client is stopping")
+            timer = self.clock.callLater(self.drain_timeout, drained.cancel)
+            try:
+                yield drained
+            except CancelledError:
+                log.warn("drain timed out: closing {count} channel(s)",
+                         count=len(link.connection.channels))
+                link.close("the client is stopping")
+            else:
+                timer.cancel()
+        yield super().stopService()
 
 
 def makeClientService(settings, reactor):
@@ -206,4 +241,4 @@ def makeClientService(settings, reactor):
         return backoff(max(attempt, factory.unwelcomed))
 
     return LinkService(link_client_endpoint(reactor, settings.server), factory,
-                       retryPolicy=retryPolicy, clock=reactor)
+                       settings.drain_timeout, retryPolicy=retryPolicy, clock=reactor)

@@ -73,42 +73,145 @@ class Event:
             getattr(self, name) == getattr(other, name) for name in self.__slots__)
 
 
-def _event(name, fields, doc):
-    """An Event subclass with ``fields`` as slots and positional arguments."""
-    def __init__(self, *values):
-        if len(values) != len(fields):
-            raise TypeError(f"{name} takes {len(fields)} arguments ({', '.join(fields)})")
-        for field, value in zip(fields, values):
-            setattr(self, field, value)
-    return type(name, (Event,), {"__slots__": fields, "__init__": __init__, "__doc__": doc})
+class AuthRequested(Event):
+    """Server: a client asks to join with ``tag``; answer accept() or refuse()."""
+
+    __slots__ = ('method', 'proof', 'tag', 'nonce')
+
+    def __init__(self, method, proof, tag, nonce):
+        self.method = method
+        self.proof = proof
+        self.tag = tag
+        self.nonce = nonce
 
 
-AuthRequested = _event("AuthRequested", ("method", "proof", "tag", "nonce"),
-                       "Server: a client asks to join with ``tag``; answer accept() or refuse().")
-Welcomed = _event("Welcomed", ("client_id",), "Client: the server accepted us as ``client_id``.")
-Refused = _event("Refused", ("reason",), "Client: the server refused us; the link closes.")
-GoingAway = _event("GoingAway", ("reason", "draining"),
-                   "The peer sent GOAWAY: closing now, or draining (no new channels).")
-CloseLink = _event("CloseLink", ("reason", "error", "abort"),
-                   "Close the link's connection once data_to_send() is written (at once if "
-                   "``abort``); ``error`` when the peer broke the protocol or went silent.")
-OpenRequested = _event("OpenRequested", ("channel_id", "host", "port"),
-                       "Acceptor: open a connection to host:port, then accept_channel() or "
-                       "refuse_channel().")
-ChannelOpened = _event("ChannelOpened", ("channel_id",), "Opener: the peer reached the target.")
-ChannelOpenFailed = _event("ChannelOpenFailed", ("channel_id", "code", "reason"),
-                           "Opener: the peer could not reach the target; the channel is gone.")
-DataReceived = _event("DataReceived", ("channel_id", "data"),
-                      "Write ``data`` to the channel's local socket.")
-ChannelEnded = _event("ChannelEnded", ("channel_id",),
-                      "The peer sent FIN: shut the local socket's write side once written.")
-ChannelReset = _event("ChannelReset", ("channel_id", "reason"),
-                      "The peer reset the channel (or it was still connecting): drop the "
-                      "local socket; the channel is gone.")
-ChannelLost = _event("ChannelLost", ("channel_id",),
-                     "The link is gone under this channel: drop the local socket.")
-PauseReading = _event("PauseReading", ("channel_id",), "Stop reading the channel's socket.")
-ResumeReading = _event("ResumeReading", ("channel_id",), "Read the channel's socket again.")
+class Welcomed(Event):
+    """Client: the server accepted us as ``client_id``."""
+
+    __slots__ = ('client_id',)
+
+    def __init__(self, client_id):
+        self.client_id = client_id
+
+
+class Refused(Event):
+    """Client: the server refused us; the link closes."""
+
+    __slots__ = ('reason',)
+
+    def __init__(self, reason):
+        self.reason = reason
+
+
+class GoingAway(Event):
+    """The peer sent GOAWAY: closing now, or draining (no new channels)."""
+
+    __slots__ = ('reason', 'draining')
+
+    def __init__(self, reason, draining):
+        self.reason = reason
+        self.draining = draining
+
+
+class CloseLink(Event):
+    """Close the link's connection once data_to_send() is written (at once if
+    ``abort``); ``error`` when the link ends because of a fault."""
+
+    __slots__ = ('reason', 'error', 'abort')
+
+    def __init__(self, reason, error, abort):
+        self.reason = reason
+        self.error = error
+        self.abort = abort
+
+
+class OpenRequested(Event):
+    """Acceptor: open a connection to host:port, then accept_channel() or
+    refuse_channel()."""
+
+    __slots__ = ('channel_id', 'host', 'port')
+
+    def __init__(self, channel_id, host, port):
+        self.channel_id = channel_id
+        self.host = host
+        self.port = port
+
+
+class ChannelOpened(Event):
+    """Opener: the peer reached the target."""
+
+    __slots__ = ('channel_id',)
+
+    def __init__(self, channel_id):
+        self.channel_id = channel_id
+
+
+class ChannelOpenFailed(Event):
+    """Opener: the peer could not reach the target; the channel is gone."""
+
+    __slots__ = ('channel_id', 'code', 'reason')
+
+    def __init__(self, channel_id, code, reason):
+        self.channel_id = channel_id
+        self.code = code
+        self.reason = reason
+
+
+class DataReceived(Event):
+    """Write ``data`` to the channel's local socket."""
+
+    __slots__ = ('channel_id', 'data')
+
+    def __init__(self, channel_id, data):
+        self.channel_id = channel_id
+        self.data = data
+
+
+class ChannelEnded(Event):
+    """The peer sent FIN: shut the local socket's write side once written."""
+
+    __slots__ = ('channel_id',)
+
+    def __init__(self, channel_id):
+        self.channel_id = channel_id
+
+
+class ChannelReset(Event):
+    """The peer reset the channel (or it was still connecting): drop the
+    local socket; the channel is gone."""
+
+    __slots__ = ('channel_id', 'reason')
+
+    def __init__(self, channel_id, reason):
+        self.channel_id = channel_id
+        self.reason = reason
+
+
+class ChannelLost(Event):
+    """The link is gone under this channel: drop the local socket."""
+
+    __slots__ = ('channel_id',)
+
+    def __init__(self, channel_id):
+        self.channel_id = channel_id
+
+
+class PauseReading(Event):
+    """Stop reading the channel's socket."""
+
+    __slots__ = ('channel_id',)
+
+    def __init__(self, channel_id):
+        self.channel_id = channel_id
+
+
+class ResumeReading(Event):
+    """Read the channel's socket again."""
+
+    __slots__ = ('channel_id',)
+
+    def __init__(self, channel_id):
+        self.channel_id = channel_id
 
 
 class LinkUnavailable(Exception):
@@ -184,16 +287,19 @@ class Connection:
 
     def data_to_send(self):
         """The bytes to write to the link, in order (a list of chunks); empties it."""
-        out, self._out = self._out, []
+        out = self._out
+        if not out:
+            return ()
+        self._out = []
         return out
 
     def events(self):
         """The events since the last call, in order; empties the list."""
-        events, self._events = self._events, []
+        events = self._events
+        if not events:
+            return ()
+        self._events = []
         return events
-
-    def has_output(self):
-        return bool(self._out or self._events)
 
     def _send(self, frame):
         """Queue one whole control frame."""

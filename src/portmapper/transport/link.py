@@ -101,6 +101,7 @@ class LinkProtocol(Protocol):
         self._timer = None
         self._abort_timer = None
         self._applying = False
+        self._delivered = False  # DataReceived handled: the core's delivered() is due
         self._close_reason = None  # why the link closed, as we know it before it is lost
         self._handlers = {
             core.DataReceived: self._onData,
@@ -177,12 +178,10 @@ class LinkProtocol(Protocol):
                 if not events:
                     break
                 handlers = self._handlers
-                delivered = False
                 for event in events:
                     handlers[type(event)](event)
-                    if type(event) is core.DataReceived:
-                        delivered = True
-                if delivered:
+                if self._delivered:
+                    self._delivered = False
                     conn.delivered()
         finally:
             self._applying = False
@@ -191,6 +190,7 @@ class LinkProtocol(Protocol):
         end = self.ends.get(event.channel_id)
         if end is not None:
             end.deliver(event.data)
+        self._delivered = True
 
     def _onPause(self, event):
         end = self.ends.get(event.channel_id)
