@@ -10,6 +10,7 @@ history.
 """
 
 import os
+from types import MappingProxyType
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
@@ -18,9 +19,11 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from portmapper.errors import MappingExists, PortUnavailable, UnknownChannel, UnknownClient, UnknownMapping
 from portmapper.server.admin import AdminAPI
+from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.link import ServerLinkFactory
 from portmapper.server.meter import Sampler
 from portmapper.server.public import PublicFactory
@@ -37,6 +40,7 @@ PUBLIC_BACKLOG = 1024
 _WORTH_LOGGING = {NO_CLIENT, TARGET_REFUSED, TIMEOUT, PROTOCOL_ERROR}
 
 
+@implementer(IPortMapperServer)
 class PortMapperServer(Service):
     def __init__(self, settings, reactor):
         self.settings = settings
@@ -108,6 +112,17 @@ class PortMapperServer(Service):
         # Connections lost by abortConnection report it on the next turn.
         yield deferLater(self.clock, 0, lambda: None)
         yield self.store.stop()
+
+    # -- live state (read-only views) -------------------------------------------
+
+    def mappings(self):
+        return MappingProxyType(self.registry.mappings)
+
+    def clients(self):
+        return MappingProxyType(self.registry.clients)
+
+    def channels(self):
+        return MappingProxyType(self.registry.channels)
 
     # -- mappings -----------------------------------------------------------
 
@@ -220,8 +235,9 @@ class PortMapperServer(Service):
 
     # -- history --------------------------------------------------------------
 
-    def channel_history(self, **filters):
-        return self.store.query_channel_history(**filters)
+    def channel_history(self, port=None, client_id=None, channel_id=None, limit=100, before=None):
+        return self.store.query_channel_history(
+            port=port, client_id=client_id, channel_id=channel_id, limit=limit, before=before)
 
-    def client_history(self, **filters):
-        return self.store.query_client_history(**filters)
+    def client_history(self, client_id=None, limit=100, before=None):
+        return self.store.query_client_history(client_id=client_id, limit=limit, before=before)
