@@ -17,7 +17,6 @@ from twisted.logger import globalLogPublisher
 
 from portmapper.client import tap as client_tap
 from portmapper.server import tap as server_tap
-from portmapper.server.core import PortMapperServer
 
 TOKEN = "e2e-token"
 POLL = 0.01
@@ -64,24 +63,26 @@ def client_options(client_port, *extra, token=TOKEN):
 
 
 class Running:
-    """A started server, its admin URL, and helpers to drive it."""
+    """A started server (the services makeService composes, without its
+    exit-on-failure hook), its admin URL, and helpers to drive it."""
 
     def __init__(self, testcase, data_dir, client_port=0, extra=()):
         self.testcase = testcase
-        self.server = PortMapperServer(server_options(data_dir, client_port, *extra).settings, reactor)
+        settings = server_options(data_dir, client_port, *extra).settings
+        self.service = server_tap.build(settings, reactor)
+        self.server = self.service.getServiceNamed("server")
 
     @inlineCallbacks
     def start(self):
-        self.server.startService()
-        yield self.server.ready
         self.testcase.addCleanup(self.stop)
-        address = self.server.admin_address
-        self.admin = f"http://127.0.0.1:{address.port}"
+        self.service.startService()
+        ports = yield self.service.ready
+        self.admin = f"http://127.0.0.1:{ports['admin'].getHost().port}"
         return self
 
     def stop(self):
-        if self.server.running:
-            return self.server.stopService()
+        if self.service.running:
+            return self.service.stopService()
 
     @inlineCallbacks
     def api(self, method, path, **params):

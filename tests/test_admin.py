@@ -1,6 +1,7 @@
 """
 Tests for portmapper.server.admin: the admin JSON API, driven in memory with
-StubTreq over a fake server (a real Registry, a task.Clock, recorded calls).
+StubTreq over a fake IPortMapperServer (a real Registry, a task.Clock,
+recorded calls).
 """
 
 import os
@@ -11,9 +12,12 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from portmapper import errors
 from portmapper.server.admin import AdminAPI
+from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.registry import WORKING, Mapping, Registry
 
 MiB = 2**20
@@ -21,8 +25,9 @@ MiB = 2**20
 EPOCH = 1530699158
 
 
+@implementer(IPortMapperServer)
 class FakeServer:
-    """The attributes of portmapper.server.core's server that AdminAPI uses."""
+    """An IPortMapperServer over a Registry the tests fill in, recording the operations asked of it."""
 
     def __init__(self, clock):
         self.clock = clock
@@ -33,6 +38,15 @@ class FakeServer:
         self.pending_add = None  # a Deferred to return from add_mapping instead
         self.channel_rows = []  # newest first
         self.client_rows = []
+
+    def mappings(self):
+        return self.registry.mappings
+
+    def clients(self):
+        return self.registry.clients
+
+    def channels(self):
+        return self.registry.channels
 
     def add_mapping(self, public_port, target_ip, target_port, tag):
         self.calls.append(("add_mapping", public_port, target_ip, target_port, tag))
@@ -145,6 +159,13 @@ class AdminTestCase(SynchronousTestCase):
         channel = self.server.registry.new_channel(public_port, user_ip, user_port, now=self.clock.seconds())
         channel.client_id, channel.target_ip, channel.target_port = client_id, "192.168.10.15", 6666
         return channel
+
+
+class FakeServerTests(SynchronousTestCase):
+
+    def test_fake_provides_interface(self):
+        """The fake these tests drive AdminAPI over provides all of IPortMapperServer."""
+        self.assertTrue(verifyObject(IPortMapperServer, FakeServer(Clock())))
 
 
 class ClientPortTests(AdminTestCase):

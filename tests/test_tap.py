@@ -1,30 +1,44 @@
 """
 Tests for the twistd plugins: discovery, the services C{makeService} builds
-(on a L{MemoryReactorClock}), and a wheel of the project that carries the
-plugins into a fresh environment without the source tree.
+(on a L{MemoryReactorClock}; the store's own thread is real), and a wheel of
+the project that carries the plugins into a fresh environment without the
+source tree.
 """
 
 import os
+import queue
 import shutil
 import site
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 import venv
 import zipfile
 from pathlib import Path
 
-from twisted.application.internet import ClientService
-from twisted.application.service import IServiceMaker
+from twisted.application.internet import ClientService, StreamServerEndpointService
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from portmapper.client import tap as client_tap
 from portmapper.config import ClientSettings, ServerSettings
 from portmapper.server import tap as server_tap
 from portmapper.server.core import PortMapperServer
+from portmapper.server.interfaces import IPortMapperServer
+from portmapper.server.link import ServerLinkFactory
+from portmapper.server.registry import CLOSED_BY_ADMIN
+from portmapper.server.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,43 +72,231 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual(options.settings.tag, "lab")
 
 
+class StoreThreadReactor(MemoryReactorClock):
+    """
+    A MemoryReactorClock that also takes the calls the store's worker thread
+    makes (``callFromThread``), for L{ServerServiceTests.settle} to run; its
+    TCP ports record in C{events} when they stop listening, and a port
+    number in C{refuse} fails to listen.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.fromThreads = queue.Queue()
+        self.events = []
+        self.refuse = set()
+
+    def callFromThread(self, f, *args, **kwargs):
+        self.fromThreads.put((f, args, kwargs))
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port in self.refuse:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        super().listenTCP(port, factory, backlog, interface)
+        return RecordingPort(IPv4Address("TCP", interface or "0.0.0.0", port), self.events)
+
+
+@implementer(IListeningPort)
+class RecordingPort:
+    """A listening port that records ("stop", port) in C{events} when it stops."""
+
+    def __init__(self, address, events):
+        self.address = address
+        self.events = events
+
+    def startListening(self):
+        pass
+
+    def stopListening(self):
+        self.events.append(("stop", self.address.port))
+
+    def getHost(self):
+        return self.address
+
+
+class Recorder:
+    """Stands for a channel's user or a client's link (and its transport): records what is done to it."""
+
+    def __init__(self, events, name):
+        self.events = events
+        self.name = name
+        self.transport = self
+
+    def close(self, reason):
+        self.events.append((self.name, "close", reason))
+
+    def goAway(self, why):
+        self.events.append((self.name, "goAway"))
+
+    def abortConnection(self):
+        self.events.append((self.name, "abort"))
+
+
+CLIENT_PORT, ADMIN_PORT, STORED_PORT = 4321, 8765, 5433
+
+
 class ServerServiceTests(SynchronousTestCase):
-    """makeService for 'portmapper' builds a PortMapperServer from the options."""
+    """
+    makeService for 'portmapper' composes the server from named services
+    that start, on a memory reactor, in order and where the options say.
+    """
 
     def setUp(self):
-        self.reactor = MemoryReactorClock()
+        self.reactor = StoreThreadReactor()
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.dataDir = self.mktemp()
 
-    def makeServer(self, argv):
+    def settle(self, d, timeout=10.0):
+        """
+        Run what the store's thread hands back, and calls due now, until
+        C{d} has fired (at most C{timeout} seconds); return its result.
+        """
+        fired = []
+        d.addBoth(lambda result: fired.append(result))
+        deadline = time.monotonic() + timeout
+        while not fired:
+            self.reactor.advance(0)
+            if fired:
+                break
+            try:
+                f, args, kwargs = self.reactor.fromThreads.get(timeout=0.05)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    self.fail(f"nothing fired {d!r} within {timeout} seconds")
+                continue
+            f(*args, **kwargs)
+        return fired[0]
+
+    def makeServer(self, argv=()):
         options = server_tap.Options()
-        options.parseOptions(["--data-dir", self.mktemp()] + argv)
+        options.parseOptions([
+            "--data-dir", self.dataDir,
+            "--client-port", f"tcp:{CLIENT_PORT}:interface=127.0.0.1",
+            "--admin", f"tcp:{ADMIN_PORT}:interface=127.0.0.1",
+            *argv,
+        ])
         return options, server_tap.makeService(options, reactor=self.reactor)
 
-    def test_service(self):
-        """The service is a PortMapperServer with exactly the parsed settings and our reactor."""
-        options, server = self.makeServer([
-            "--client-port", "tcp:0:interface=127.0.0.1", "--admin", "tcp:0:interface=127.0.0.1",
-            "--token", "sekrit", "--window", "32768", "--sample-interval", "2",
-            "--history-max-rows", "7",
-        ])
+    def start(self, service):
+        """Start C{service} (stopped again at the end of the test) and return what ready gives."""
+        self.addCleanup(lambda: service.running and self.settle(service.stopService()))
+        service.startService()
+        return self.settle(service.ready)
+
+    def storeMapping(self, port):
+        """Store a mapping of C{port}, as an earlier run of the server would have."""
+        store = Store(os.path.join(self.dataDir, "portmapper.sqlite3"), self.reactor)
+        self.settle(store.start())
+        self.settle(store.save_mapping(port, "10.0.0.1", 22, "default"))
+        self.settle(store.stop())
+
+    def test_children(self):
+        """The service is a MultiService of store, server, two listeners and sampler, in this order."""
+        options, service = self.makeServer(["--token", "sekrit", "--sample-interval", "2"])
+        self.assertIsInstance(service, MultiService)
+        self.assertEqual([child.name for child in service],
+                         ["store", "server", "client-port", "admin", "sampler"])
+        server = service.getServiceNamed("server")
         self.assertIsInstance(server, PortMapperServer)
         self.assertIs(server.settings, options.settings)
-        self.assertIsInstance(server.settings, ServerSettings)
-        self.assertEqual(server.settings.client_port.text, "tcp:0:interface=127.0.0.1")
-        self.assertEqual(server.settings.token, "sekrit")
-        self.assertEqual(server.settings.window, 32768)
-        self.assertEqual(server.sampler.interval, 2.0)
         self.assertIs(server.reactor, self.reactor)
+        self.assertIs(service.getServiceNamed("store").store, server.store)
+        client_port = service.getServiceNamed("client-port")
+        self.assertIsInstance(client_port, StreamServerEndpointService)
+        self.assertIsInstance(client_port.factory, ServerLinkFactory)
+        self.assertIs(client_port.factory.server, server)
+        admin = service.getServiceNamed("admin")
+        self.assertIsInstance(admin, StreamServerEndpointService)
+        self.assertIsInstance(admin.factory, Site)
+        self.assertEqual(service.getServiceNamed("sampler").interval, 2.0)
+
+    def test_settings(self):
+        """The server gets exactly the parsed settings."""
+        options, service = self.makeServer(["--token", "sekrit", "--window", "32768"])
+        settings = service.getServiceNamed("server").settings
+        self.assertIsInstance(settings, ServerSettings)
+        self.assertEqual((settings.token, settings.window), ("sekrit", 32768))
+        self.assertEqual(settings.client_port.text, f"tcp:{CLIENT_PORT}:interface=127.0.0.1")
+
+    def test_serverProvidesInterface(self):
+        """The server the admin API is given provides all of IPortMapperServer."""
+        _, service = self.makeServer()
+        self.assertTrue(verifyObject(IPortMapperServer, service.getServiceNamed("server")))
 
     def test_nothingBeforeStart(self):
         """Building the service listens on nothing and schedules nothing."""
-        _, server = self.makeServer(["--token", "sekrit"])
-        self.assertFalse(server.running)
+        _, service = self.makeServer(["--token", "sekrit"])
+        self.assertFalse(service.running)
         self.assertEqual(self.reactor.tcpServers, [])
         self.assertEqual(self.reactor.getDelayedCalls(), [])
-        self.assertNoResult(server.ready)
+        self.assertNoResult(service.ready)
+
+    def test_listensWhereOptionsSay(self):
+        """Started, the client port and the admin API listen on the ports and interface of the options."""
+        _, service = self.makeServer()
+        ports = self.start(service)
+        self.assertEqual(
+            [(port, type(factory), interface) for port, factory, _, interface in self.reactor.tcpServers],
+            [(CLIENT_PORT, ServerLinkFactory, "127.0.0.1"), (ADMIN_PORT, Site, "127.0.0.1")])
+        self.assertEqual((ports["client-port"].getHost().port, ports["admin"].getHost().port),
+                         (CLIENT_PORT, ADMIN_PORT))
+        server = service.getServiceNamed("server")
+        self.assertEqual((server.client_port, server.admin_address.port), (CLIENT_PORT, ADMIN_PORT))
+
+    def test_startOrder(self):
+        """Nothing listens before the store is open; stored mappings listen before client port and admin."""
+        self.storeMapping(STORED_PORT)
+        _, service = self.makeServer()
+        service.startService()
+        self.addCleanup(lambda: self.settle(service.stopService()))
+        self.assertEqual(self.reactor.tcpServers, [])  # the store is opening in its thread
+        self.settle(service.ready)
+        self.assertEqual([server[0] for server in self.reactor.tcpServers],
+                         [STORED_PORT, CLIENT_PORT, ADMIN_PORT])
+        self.assertIn(STORED_PORT, service.getServiceNamed("server").mappings())
+        self.assertEqual([call.getTime() for call in self.reactor.getDelayedCalls()], [1.0])
+
+    def test_stopOrder(self):
+        """Stopping stops admin, client port, public ports, then closes channels and links, then the store."""
+        self.storeMapping(STORED_PORT)
+        _, service = self.makeServer()
+        self.start(service)
+        server = service.getServiceNamed("server")
+        events = self.reactor.events
+        server.registry.new_client("10.0.0.7", 40000, "default", 0.0, link=Recorder(events, "link"))
+        server.registry.new_channel(STORED_PORT, "10.0.0.8", 50000, 0.0, user=Recorder(events, "user"))
+        store = service.getServiceNamed("store").store
+        stop_store = store.stop
+        store.stop = lambda: events.append("store") or stop_store()
+
+        self.settle(service.stopService())
+        self.assertEqual(events, [
+            ("stop", ADMIN_PORT), ("stop", CLIENT_PORT), ("stop", STORED_PORT),
+            ("user", "close", CLOSED_BY_ADMIN), ("link", "goAway"), ("link", "abort"), "store",
+        ])
+        self.assertFalse([child.name for child in service if child.running])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_listenFailure(self):
+        """A listener that cannot listen fails ready, logged in one sentence; the process will exit 1."""
+        self.reactor.refuse.add(ADMIN_PORT)
+        _, service = self.makeServer()
+        service.startService()
+        self.addCleanup(lambda: self.settle(service.stopService()))
+        self.assertIsNone(self.settle(service.ready))  # the exit hook handled the failure
+        self.assertEqual([server[0] for server in self.reactor.tcpServers], [CLIENT_PORT])
+        self.assertFalse(service.getServiceNamed("sampler").running)
+        critical = [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.critical]
+        self.assertEqual(len(critical), 1)
+        self.assertTrue(critical[0].startswith("the portmapper server could not start: Couldn't listen"),
+                        critical[0])
+        self.assertIn(f"{ADMIN_PORT}", critical[0])
+        self.assertEqual([e for e in self.events if e.get("log_failure")], [])
+        self.assertEqual(self.reactor.whenRunningHooks, [(self.reactor.stop, (), {})])
+        (exit_call,) = self.reactor.triggers["after"]["shutdown"]
+        self.assertEqual(exit_call[1], (1,))
 
     def test_warnsWithoutToken(self):
         """Without --token, makeService warns that any client may serve mappings."""
@@ -361,3 +563,30 @@ class WheelTests(SynchronousTestCase):
         status, output = run("-c", _TWISTD, "portmapper", "--window", "0")
         self.assertNotEqual(status, 0, output)
         self.assertIn("Bad value '0' for window: must be a positive whole number.", output)
+
+
+# -- a real twistd process ----------------------------------------------------
+
+class ServerStartFailureTests(SynchronousTestCase):
+    """A twistd server that cannot start says why in one sentence and exits with status 1."""
+
+    def test_clientPortInUse(self):
+        """With its client port taken, `twistd -n portmapper` logs one line naming the port and exits 1."""
+        work = Path(self.mktemp())
+        work.mkdir(parents=True)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            status, output = _run(
+                [sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "portmapper",
+                 "--client-port", f"tcp:{port}:interface=127.0.0.1",
+                 "--admin", "tcp:0:interface=127.0.0.1",
+                 "--data-dir", str(work / "data"), "--token", "sekrit"],
+                cwd=str(work), env=env)
+        self.assertEqual(status, 1, output)
+        lines = [line for line in output.splitlines() if "could not start" in line]
+        self.assertEqual(len(lines), 1, output)
+        self.assertIn(f"Couldn't listen on 127.0.0.1:{port}", lines[0])
+        self.assertNotIn("Traceback", output)

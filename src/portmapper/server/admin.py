@@ -1,7 +1,8 @@
 """
 The admin JSON API (``docs/api.rst``): port mappings, clients, channels, history.
 
-:class:`AdminAPI` is a Klein app over a running server; serve
+:class:`AdminAPI` is a Klein app over a running server (anything that
+provides :class:`~portmapper.server.interfaces.IPortMapperServer`); serve
 ``AdminAPI(server, admin_token).app.resource()``.  Every answer, failures
 included, is a JSON body with ``Content-Type: application/json``: writes
 answer ``{"result": "success"}``, failures
@@ -149,8 +150,10 @@ def _json(route):
 
 
 class AdminAPI:
-    """The admin API over ``server`` (see the module docstring); with
-    ``admin_token`` set, every request needs ``Authorization: Bearer <token>``."""
+    """The admin API over ``server``, an
+    :class:`~portmapper.server.interfaces.IPortMapperServer` (see the module
+    docstring); with ``admin_token`` set, every request needs
+    ``Authorization: Bearer <token>``."""
 
     app = Klein()
 
@@ -166,10 +169,6 @@ class AdminAPI:
         scheme, _, offered = (request.getHeader(b"Authorization") or b"").partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(offered.strip(), self._token):
             raise Unauthorized("This request needs the header 'Authorization: Bearer <admin token>'.")
-
-    @property
-    def _registry(self):
-        return self._server.registry
 
     # -- errors: Klein tries these in order, and an error raised in one goes to
     # the ones after it (so a routing error without a token ends as a 401) ---
@@ -216,7 +215,7 @@ class AdminAPI:
     @app.route("/port_mapper", methods=["GET"])
     @_json
     def get_port_mapper(self, request):
-        mappings = self._registry.mappings
+        mappings = self._server.mappings()
         return {str(port): mappings[port].as_json() for port in sorted(mappings)}
 
     @app.route("/port_mapper", methods=["POST"])
@@ -247,7 +246,7 @@ class AdminAPI:
     @_json
     def get_client_connection(self, request):
         client_id = _param(request, "client_id", ID, default=None)
-        clients = self._registry.clients
+        clients = self._server.clients()
         if client_id is None:
             ids = sorted(clients)
         elif client_id in clients:
@@ -283,11 +282,12 @@ class AdminAPI:
             raise BadParameter("Give parameter 'port' or parameter 'channel_id', not both.")
         if channel_id is not None:
             return self._channel_detail(channel_id)
-        if port is not None and port not in self._registry.mappings:
+        mappings = self._server.mappings()
+        if port is not None and port not in mappings:
             raise UnknownMapping(port)
-        ports = [port] if port is not None else sorted(self._registry.mappings)
+        ports = [port] if port is not None else sorted(mappings)
         grouped = {p: [] for p in ports}
-        for channel in sorted(self._registry.channels.values(), key=lambda c: c.channel_id):
+        for channel in sorted(self._server.channels().values(), key=lambda c: c.channel_id):
             if port is None or channel.public_port == port:
                 grouped.setdefault(channel.public_port, []).append({
                     "channel_id": channel.channel_id, "ip": channel.user_ip,
@@ -296,7 +296,7 @@ class AdminAPI:
         return {str(p): grouped[p] for p in sorted(grouped)}
 
     def _channel_detail(self, channel_id):
-        channel = self._registry.channels.get(channel_id)
+        channel = self._server.channels().get(channel_id)
         if channel is None:
             raise UnknownChannel(channel_id)
         return {str(channel_id): {

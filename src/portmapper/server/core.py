@@ -1,35 +1,36 @@
 """
-The running server: what the admin API and the links act on.
+The mapping keeper: the server's live state and what can be done to it.
 
-``PortMapperServer`` is a twisted ``Service``.  Starting it opens the store,
-brings back the stored mappings (each listening again), listens for tunnel
-clients and for the admin API, and starts the statistics sampler; ``ready``
-fires once all of that is done.  Its methods are the operations the admin
-API offers: create and delete mappings, kick clients, close channels, read
-history.
+``PortMapperServer`` holds the port mappings, the connected clients and the
+open channels (in a :class:`~portmapper.server.registry.Registry`), and
+offers the operations of the admin API (:class:`IPortMapperServer`): create
+and delete mappings, kick clients, close channels, read history.  The links
+and public ports report to it (``clientConnected``, ``channelClosed`` ...).
+
+It is one child of the service ``server/tap.py`` composes, started once the
+store is open: starting it brings back the stored mappings, each listening
+again, and ``whenStarted()`` fires when that is done.  Stopping it stops the
+public ports and closes every channel and link; the client port and the
+admin API have stopped before it, the store stops after it.
 """
 
-import os
+from types import MappingProxyType
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.server import Site
+from zope.interface import implementer
 
 from portmapper.errors import MappingExists, PortUnavailable, UnknownChannel, UnknownClient, UnknownMapping
-from portmapper.server.admin import AdminAPI
-from portmapper.server.link import ServerLinkFactory
-from portmapper.server.meter import Sampler
+from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.public import PublicFactory
 from portmapper.server.registry import (
     CLOSED, CLOSED_BY_ADMIN, DRAINING, MAPPING_DELETED, NO_CLIENT, PROTOCOL_ERROR,
     SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Mapping, Registry,
 )
-from portmapper.server.store import Store
-from portmapper.transport.endpoints import link_server_endpoint, tcp_server_endpoint
+from portmapper.transport.endpoints import tcp_server_endpoint
 
 log = Logger()
 
@@ -37,50 +38,37 @@ PUBLIC_BACKLOG = 1024
 _WORTH_LOGGING = {NO_CLIENT, TARGET_REFUSED, TIMEOUT, PROTOCOL_ERROR}
 
 
+@implementer(IPortMapperServer)
 class PortMapperServer(Service):
-    def __init__(self, settings, reactor):
+    """The live state over ``store`` (a started Store), with ``settings`` and ``reactor``."""
+
+    def __init__(self, settings, reactor, store):
         self.settings = settings
         self.reactor = reactor
         self.clock = reactor
+        self.store = store
         self.registry = Registry()
-        self.store = Store(
-            os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor,
-            history_max_rows=settings.history_max_rows,
-            history_max_age=settings.history_max_age)
-        self.sampler = Sampler(self.registry.meters, reactor, settings.sample_interval)
         self.client_port = None  # the port number clients dial, once listening
         self.admin_address = None  # IAddress of the admin API, once listening
-        self._client_listener = None
-        self._admin_listener = None
         self._creating = set()  # public ports whose creation is under way
-        self.ready = Deferred()
+        self._started = None
 
     # -- life ---------------------------------------------------------------
 
     def startService(self):
         super().startService()
-        self._start().addCallbacks(self.ready.callback, self.ready.errback)
+        self._started = self._start()
+
+    def whenStarted(self):
+        """Fires once the stored mappings are back (each listening if it can)."""
+        return self._started
 
     @inlineCallbacks
     def _start(self):
-        yield self.store.start()
         last_client_id, last_channel_id = yield self.store.last_ids()
         self.registry.seed_ids(last_client_id, last_channel_id)
-        self._client_listener = yield link_server_endpoint(
-            self.reactor, self.settings.client_port).listen(ServerLinkFactory(self))
-        self.client_port = self._client_listener.getHost().port
         for public_port, target_ip, target_port, tag in (yield self.store.load_mappings()):
             yield self._restore(Mapping(public_port, target_ip, target_port, tag))
-        site = Site(AdminAPI(self, self.settings.admin_token).app.resource())
-        site.displayTracebacks = False
-        site.noisy = False
-        self._admin_listener = yield serverFromString(self.reactor, self.settings.admin).listen(site)
-        self.admin_address = self._admin_listener.getHost()
-        self.sampler.startService()
-        log.info("portmapper server ready: clients on port {client_port}, admin API on {admin}, "
-                 "{count} mapping(s)", client_port=self.client_port,
-                 admin=f"{self.admin_address.host}:{self.admin_address.port}",
-                 count=len(self.registry.mappings))
 
     @inlineCallbacks
     def _restore(self, mapping):
@@ -92,14 +80,20 @@ class PortMapperServer(Service):
             log.error("stored port mapper on port {port} is not listening: {why}",
                       port=mapping.public_port, why=e.why)
 
+    def clientPortListening(self, port):
+        """The client port listens on ``port`` (an IListeningPort)."""
+        self.client_port = port.getHost().port
+
+    def adminListening(self, port):
+        """The admin API listens on ``port`` (an IListeningPort)."""
+        self.admin_address = port.getHost()
+
     @inlineCallbacks
     def stopService(self):
+        """Stop the public ports, then close every channel and link."""
         super().stopService()
-        if self.sampler.running:
-            self.sampler.stopService()
-        listeners = [self._client_listener, self._admin_listener]
-        listeners += [m.listening for m in self.registry.mappings.values()]
-        yield gatherResults([succeed(x.stopListening()) for x in listeners if x is not None])
+        listening = [m.listening for m in self.registry.mappings.values() if m.listening is not None]
+        yield gatherResults([maybeDeferred(port.stopListening) for port in listening])
         for channel in list(self.registry.channels.values()):
             channel.user.close(SERVER_STOPPED)
         for session in list(self.registry.clients.values()):
@@ -108,7 +102,17 @@ class PortMapperServer(Service):
             session.link.transport.abortConnection()
         # Connections lost by abortConnection report it on the next turn.
         yield deferLater(self.clock, 0, lambda: None)
-        yield self.store.stop()
+
+    # -- live state (read-only views) -------------------------------------------
+
+    def mappings(self):
+        return MappingProxyType(self.registry.mappings)
+
+    def clients(self):
+        return MappingProxyType(self.registry.clients)
+
+    def channels(self):
+        return MappingProxyType(self.registry.channels)
 
     # -- mappings -----------------------------------------------------------
 
@@ -224,8 +228,9 @@ class PortMapperServer(Service):
 
     # -- history --------------------------------------------------------------
 
-    def channel_history(self, **filters):
-        return self.store.query_channel_history(**filters)
+    def channel_history(self, port=None, client_id=None, channel_id=None, limit=100, before=None):
+        return self.store.query_channel_history(
+            port=port, client_id=client_id, channel_id=channel_id, limit=limit, before=before)
 
-    def client_history(self, **filters):
-        return self.store.query_client_history(**filters)
+    def client_history(self, client_id=None, limit=100, before=None):
+        return self.store.query_client_history(client_id=client_id, limit=limit, before=before)

@@ -1,15 +1,45 @@
 """
 ``twistd portmapper``: options and the service they build.
+
+:func:`makeService` composes the server from Twisted services, children of
+one :class:`~portmapper.server.services.InOrder` that start in this order
+and stop in the reverse one:
+
+``store``
+    the SQLite store, opened first and closed last;
+``server``
+    the mapping keeper (:class:`~portmapper.server.core.PortMapperServer`),
+    which restores the stored mappings when it starts;
+``client-port``
+    a ``StreamServerEndpointService`` for the tunnel clients;
+``admin``
+    a ``StreamServerEndpointService`` for the admin API, which therefore
+    answers only once the stored mappings listen again and the client port
+    is known;
+``sampler``
+    the once-a-second traffic sampler.
+
+Stopping thus stops the admin API and the client port, then the public
+ports, closes every channel and link, and closes the store last.
 """
 
 import ipaddress
+import os
 
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
 from portmapper.config import SERVER_KEYS, ServerSettings, make_options
+from portmapper.server.admin import AdminAPI
+from portmapper.server.core import PortMapperServer
+from portmapper.server.link import ServerLinkFactory
+from portmapper.server.meter import Sampler
+from portmapper.server.services import InOrder, Listener, StoreService
+from portmapper.server.store import Store
 from portmapper.startup import exit_when_failed
+from portmapper.transport.endpoints import link_server_endpoint
 
 log = Logger()
 
@@ -37,13 +67,50 @@ def _is_loopback(description):
 
 
 def makeService(config, reactor=None):
+    """The server's service (see the module docstring); a start that fails ends the process."""
     if reactor is None:
         from twisted.internet import reactor
-    from portmapper.server.core import PortMapperServer
 
     settings = config.settings
     if not settings.token:
         log.warn("no token is set: any client that reaches the client port may serve mappings")
-    server = PortMapperServer(settings, reactor)
-    exit_when_failed(reactor, server.ready, "the portmapper server could not start")
-    return server
+    service = build(settings, reactor)
+    exit_when_failed(reactor, service.ready, "the portmapper server could not start")
+    return service
+
+
+def build(settings, reactor):
+    """
+    The :class:`~portmapper.server.services.InOrder` of the server's services
+    for ``settings``; its ``ready`` fires once every one has started, with
+    ``{"client-port": port, "admin": port, ...}`` (IListeningPorts).
+    """
+    store = Store(os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor,
+                  history_max_rows=settings.history_max_rows,
+                  history_max_age=settings.history_max_age)
+    server = PortMapperServer(settings, reactor, store)
+    site = Site(AdminAPI(server, settings.admin_token).app.resource())
+    site.displayTracebacks = False
+    site.noisy = False
+
+    service = InOrder()
+    for name, child in [
+        ("store", StoreService(store)),
+        ("server", server),
+        ("client-port", Listener(link_server_endpoint(reactor, settings.client_port),
+                                 ServerLinkFactory(server), server.clientPortListening)),
+        ("admin", Listener(serverFromString(reactor, settings.admin), site, server.adminListening)),
+        ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval)),
+    ]:
+        child.setName(name)
+        child.setServiceParent(service)
+
+    def started(ports):
+        admin = ports["admin"].getHost()
+        log.info("portmapper server ready: clients on port {client_port}, admin API on {admin}, "
+                 "{count} mapping(s)", client_port=server.client_port,
+                 admin=f"{admin.host}:{admin.port}", count=len(server.registry.mappings))
+        return ports
+
+    service.ready.addCallback(started)
+    return service

@@ -1,0 +1,55 @@
+"""
+What the admin API needs from the running server, as a zope interface.
+
+:class:`~portmapper.server.admin.AdminAPI` takes an
+:class:`IPortMapperServer` and uses nothing else of it, so its tests can
+drive it with a small fake (checked against this interface with
+``zope.interface.verify.verifyObject``, as the real server is).
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IPortMapperServer(Interface):
+    """The live state and the operations the admin API offers."""
+
+    clock = Attribute("An IReactorTime: clock.seconds() is now, for durations and speeds.")
+    client_port = Attribute("The port number tunnel clients dial; None until it listens.")
+
+    # -- live state: read-only views, never changed by the caller ------------
+
+    def mappings():
+        """The port mappings: public port -> :class:`~portmapper.server.registry.Mapping`."""
+
+    def clients():
+        """The connected clients: client_id -> :class:`~portmapper.server.registry.ClientSession`."""
+
+    def channels():
+        """The open channels: channel_id -> :class:`~portmapper.server.registry.Channel`."""
+
+    # -- operations: each fails with a PortMapperError the API turns into a status --
+
+    def add_mapping(public_port, target_ip, target_port, tag):
+        """
+        Listen on ``public_port`` for ``target_ip:target_port`` over a client
+        tagged ``tag`` and store the mapping.  Returns (or a Deferred fires
+        with) the new Mapping once it listens; fails with MappingExists or
+        PortUnavailable.
+        """
+
+    def remove_mapping(public_port):
+        """Stop listening on ``public_port``, close its channels, forget it; UnknownMapping if none."""
+
+    def kick_client(client_id):
+        """Drop a connected client's link; UnknownClient if none."""
+
+    def close_channel(channel_id):
+        """Close an open channel; UnknownChannel if none."""
+
+    # -- history: Deferreds firing with lists of dicts, newest first ----------
+
+    def channel_history(port=None, client_id=None, channel_id=None, limit=100, before=None):
+        """Closed channels matching every filter given (``channel_id < before``), at most ``limit``."""
+
+    def client_history(client_id=None, limit=100, before=None):
+        """Disconnected clients (``client_id < before`` if given), at most ``limit``."""

@@ -1,0 +1,145 @@
+"""
+The services the server is composed of, and the order they run in.
+
+``server/tap.py`` builds an :class:`InOrder`, a ``MultiService`` whose
+children start one after another and stop in reverse order: the store
+must be open before the stored mappings are restored, those must listen
+again before the admin API answers, and at the end nothing may be
+accepted while channels close, and their history must reach the store
+before it closes.  A plain ``MultiService`` starts and stops every child
+at once.
+
+A child that takes time to start (opening a file, restoring mappings,
+listening) has a ``whenStarted()`` method: the one Deferred of its start,
+firing once it is done.  :class:`Listener` and :class:`StoreService` are
+two such children; the server itself (``server/core.py``) is another.
+"""
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger()
+
+
+def _when_started(child):
+    when = getattr(child, "whenStarted", None)
+    return succeed(None) if when is None else when()
+
+
+class InOrder(MultiService):
+    """
+    Children start one after another, each once the one before has started
+    (see the module docstring), and stop in reverse order, each once the
+    one after it has stopped.
+
+    :ivar ready: fires once every child has started, with
+        ``{child name: what its whenStarted() gave}`` (a listener gives its
+        listening port), or fails with the first child's failure; the
+        children after it are not started.  A service stopped before it
+        has started never fires it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.ready = Deferred()
+        self._starting = succeed(None)
+
+    def privilegedStartService(self):
+        # Children do all their work in startService, in turn: a listener
+        # that bound its port here would take connections too early.
+        Service.privilegedStartService(self)
+
+    def startService(self):
+        Service.startService(self)
+        self._starting = self._start_children()
+
+    @inlineCallbacks
+    def _start_children(self):
+        started = {}
+        try:
+            for child in list(self):
+                if not self.running:
+                    return
+                child.startService()
+                started[child.name] = yield _when_started(child)
+        except Exception:
+            self.ready.errback()
+        else:
+            self.ready.callback(started)
+
+    @inlineCallbacks
+    def stopService(self):
+        Service.stopService(self)
+        yield self._starting  # a start under way finishes (or fails) first
+        for child in reversed(list(self)):
+            if not child.running:
+                continue
+            try:
+                yield maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {name} failed; stopping the others", name=child.name)
+
+
+@implementer(IStreamServerEndpoint)
+class _Told:
+    """An endpoint that hands the outcome of a listen to ``told`` and returns what it gives."""
+
+    def __init__(self, endpoint, told):
+        self._endpoint = endpoint
+        self._told = told
+
+    def listen(self, factory):
+        return maybeDeferred(self._endpoint.listen, factory).addBoth(self._told)
+
+
+class Listener(StreamServerEndpointService):
+    """
+    A ``StreamServerEndpointService`` that tells when it listens.
+
+    ``whenStarted()`` fires with the listening port, or fails with why it
+    could not listen; the failure goes there only (the base class would log
+    it with a traceback and carry on).  ``listening``, if given, is called
+    with the listening port before that.
+    """
+
+    def __init__(self, endpoint, factory, listening=None):
+        super().__init__(_Told(endpoint, self._listened), factory)
+        self._listening = listening
+        self._started = Deferred()
+
+    def whenStarted(self):
+        return self._started
+
+    def _listened(self, result):
+        if isinstance(result, Failure):
+            self._started.errback(result)
+            return None  # what the base class keeps when a listen failed
+        if self._listening is not None:
+            self._listening(result)
+        self._started.callback(result)
+        return result
+
+
+class StoreService(Service):
+    """Opens ``store`` (a :class:`~portmapper.server.store.Store`) when started and
+    closes it, once what is pending is written, when stopped."""
+
+    def __init__(self, store):
+        self.store = store
+        self._started = None
+
+    def startService(self):
+        super().startService()
+        self._started = self.store.start()
+
+    def whenStarted(self):
+        return self._started
+
+    def stopService(self):
+        super().stopService()
+        return self.store.stop()
