@@ -37,7 +37,7 @@ from portmapper.server import tap as server_tap
 from portmapper.server.core import PortMapperServer
 from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.link import ServerLinkFactory
-from portmapper.server.registry import CLOSED_BY_ADMIN
+from portmapper.server.registry import SERVER_STOPPED
 from portmapper.server.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -259,9 +259,9 @@ class ServerServiceTests(SynchronousTestCase):
         self.assertEqual([call.getTime() for call in self.reactor.getDelayedCalls()], [1.0])
 
     def test_stopOrder(self):
-        """Stopping stops admin, client port, public ports, then closes channels and links, then the store."""
+        """Stopping stops admin, client port, public ports, drains, closes channels and links, then the store."""
         self.storeMapping(STORED_PORT)
-        _, service = self.makeServer()
+        _, service = self.makeServer(["--drain-timeout", "5"])
         self.start(service)
         server = service.getServiceNamed("server")
         events = self.reactor.events
@@ -271,10 +271,16 @@ class ServerServiceTests(SynchronousTestCase):
         stop_store = store.stop
         store.stop = lambda: events.append("store") or stop_store()
 
-        self.settle(service.stopService())
+        stopped = service.stopService()
+        self.reactor.advance(0)
         self.assertEqual(events, [
-            ("stop", ADMIN_PORT), ("stop", CLIENT_PORT), ("stop", STORED_PORT),
-            ("user", "close", CLOSED_BY_ADMIN), ("link", "goAway"), ("link", "abort"), "store",
+            ("stop", ADMIN_PORT), ("stop", CLIENT_PORT), ("stop", STORED_PORT), ("link", "goAway"),
+        ])
+        self.reactor.advance(5)  # the channel did not end within --drain-timeout
+        self.settle(stopped)
+        self.assertEqual(events[4:], [
+            ("user", "close", SERVER_STOPPED), ("link", "close", "the server is stopping"),
+            ("link", "abort"), "store",
         ])
         self.assertFalse([child.name for child in service if child.running])
         self.assertEqual(self.reactor.getDelayedCalls(), [])

@@ -17,7 +17,7 @@ admin API have stopped before it, the store stops after it.
 from types import MappingProxyType
 
 from twisted.application.service import Service
-from twisted.internet.defer import gatherResults, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -51,6 +51,7 @@ class PortMapperServer(Service):
         self.client_port = None  # the port number clients dial, once listening
         self.admin_address = None  # IAddress of the admin API, once listening
         self._creating = set()  # public ports whose creation is under way
+        self._drain_waiters = []  # Deferreds of a stop waiting for the channels to end
         self._started = None
 
     # -- life ---------------------------------------------------------------
@@ -90,18 +91,38 @@ class PortMapperServer(Service):
 
     @inlineCallbacks
     def stopService(self):
-        """Stop the public ports, then close every channel and link."""
+        """
+        Stop the public ports, let the open channels finish (the clients are
+        told the server is draining) for up to ``drain_timeout`` seconds, then
+        close what is left and every link.
+        """
         super().stopService()
         listening = [m.listening for m in self.registry.mappings.values() if m.listening is not None]
         yield gatherResults([maybeDeferred(port.stopListening) for port in listening])
+        if self.registry.channels:
+            log.info("draining: {count} channel(s) may finish within {timeout:g} s",
+                     count=len(self.registry.channels), timeout=self.settings.drain_timeout)
+            for session in list(self.registry.clients.values()):
+                session.link.goAway("the server is stopping")
+            yield self._drained(self.settings.drain_timeout)
+        if self.registry.channels:
+            log.warn("drain timed out: closing {count} channel(s)",
+                     count=len(self.registry.channels))
         for channel in list(self.registry.channels.values()):
             channel.user.close(SERVER_STOPPED)
         for session in list(self.registry.clients.values()):
             session.closing(SERVER_STOPPED)
-            session.link.close("the server is shutting down")
+            session.link.close("the server is stopping")
             session.link.transport.abortConnection()
         # Connections lost by abortConnection report it on the next turn.
         yield deferLater(self.clock, 0, lambda: None)
+
+    def _drained(self, timeout):
+        """A Deferred that fires once no channel is open, or after ``timeout`` seconds."""
+        done = Deferred()
+        self._drain_waiters.append(done)
+        timer = self.clock.callLater(timeout, lambda: done.called or done.callback(None))
+        return done.addBoth(lambda result: timer.active() and timer.cancel())
 
     # -- live state (read-only views) -------------------------------------------
 
@@ -199,6 +220,11 @@ class PortMapperServer(Service):
         if session is not None:
             session.channels.discard(record.channel_id)
         record.close_reason = reason = record.decide_close_reason()
+        if not self.registry.channels:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for done in waiters:
+                if not done.called:
+                    done.callback(None)
         record.close_time = self.clock.seconds()
         meter = record.meter
         self.store.record_channel({
