@@ -47,9 +47,9 @@ class ConsoleRoutesTests(SynchronousTestCase):
             self.assertEqual(self.header(response, "Content-Type"), "text/html; charset=utf-8", accept)
 
     def test_files_with_their_types(self):
-        """Each file under /ui/ comes with its content type and its bytes from the package."""
-        types = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
-        self.assertEqual(set(console.FILES), set(types))
+        """The script and style under /ui/ come with their content types and their bytes from the package."""
+        types = {"app.js": "text/javascript", "style.css": "text/css"}
+        self.assertEqual(set(console.FILES), {"index.html", *types})
         for name, kind in types.items():
             response, body = self.get(f"/ui/{name}")
             self.assertEqual(response.code, 200, name)
@@ -72,8 +72,8 @@ class ConsoleRoutesTests(SynchronousTestCase):
             self.assertEqual(response.code, 200, path)
 
     def test_unknown_file_is_a_json_404(self):
-        """An unknown file under /ui/, or one of the package's own modules, is a 404 failure in JSON."""
-        for name in ("nope.js", "__init__.py"):
+        """An unknown file under /ui/, the package's own module, or the page (its home is /) is a JSON 404."""
+        for name in ("nope.js", "__init__.py", "index.html"):
             response, body = self.get(f"/ui/{name}", token=TOKEN)
             self.assertEqual(response.code, 404, name)
             self.assertEqual(self.header(response, "Content-Type"), "application/json")

@@ -242,6 +242,45 @@ class DashboardTests(TestCase):
         self.assertNotIn(public, self.server.registry.mappings)
 
     @inlineCallbacks
+    def test_history_pages_and_kick(self):
+        """History filters and pages as the API does; a client kicked from the page shows in client history."""
+        yield self.start()
+        page = self.page
+        public = yield self.running.map(Backend(Discard).listen(self))
+        for _ in range(3):
+            self.user(public, Idle)
+        yield wait_for(lambda: len(self.server.registry.channels) == 3, what="three channels")
+        newest, middle, oldest = sorted(self.server.registry.channels, reverse=True)
+        for channel_id in (oldest, middle, newest):
+            code, body = yield self.running.api("DELETE", "/channel", channel_id=str(channel_id))
+            self.assertEqual(code, 200, body)
+
+        def rows(table):
+            return [row.get_attribute("data-key") for row in page.find(f"#{table} tr[data-key]")]
+
+        def shows(table, keys):
+            return lambda: rows(table) == [str(key) for key in keys]
+
+        yield in_thread(page.wait, shows("channel-history", [newest, middle, oldest]), "three rows")
+        yield in_thread(page.fill, "#history-form", {"port": public, "limit": 1})
+        yield in_thread(page.click, "#history-form button")
+        yield in_thread(page.wait, shows("channel-history", [newest]), "the first page")
+        for channel_id in (middle, oldest):
+            yield in_thread(page.click, "#older")
+            yield in_thread(page.wait, shows("channel-history", [channel_id]), f"the page of {channel_id}")
+        self.assertFalse((yield in_thread(page.one("#older").is_enabled)))
+        yield in_thread(page.click, "#newer")
+        yield in_thread(page.wait, shows("channel-history", [middle]), "the page before")
+
+        (client_id,) = self.server.registry.clients
+        yield in_thread(page.click, f'#clients tr[data-key="{client_id}"] button[data-action="kick"]')
+        yield wait_for(lambda: client_id not in self.server.registry.clients, what="the kick")
+        yield in_thread(page.click, '#history-panel [data-kind="client"]')
+        reason = yield in_thread(page.wait_cell, "client-history", client_id, "reason")
+        code, body = yield self.running.api("GET", "/client_history", client_id=str(client_id))
+        self.assertEqual(reason, body["history"][0]["close_reason"])
+
+    @inlineCallbacks
     def test_admin_token_asked_once(self):
         """With --admin-token the page asks for it, says so when it is wrong, and keeps it across a reload."""
         yield self.start("--admin-token", ADMIN_TOKEN)

@@ -249,7 +249,7 @@ class AdminAPI:
 
     @app.route("/ui/<name>", methods=["GET"])
     def get_ui(self, request, name):
-        return console.serve(request, name)
+        return console.asset(request, name)
 
     # -- ports and mappings ---------------------------------------------------
 

@@ -73,6 +73,14 @@ def serve(request, name):
     return body
 
 
+def asset(request, name):
+    """Like :func:`serve`, for a file under ``/ui/``: the page's script or
+    style, not the page itself (served at ``/``, where its links resolve)."""
+    if name == PAGE:
+        raise UnknownFile(name)
+    return serve(request, name)
+
+
 def index(url_map):
     """The JSON index of the admin API: every route of ``url_map`` and its methods."""
     endpoints = {}

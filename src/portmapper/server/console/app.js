@@ -13,8 +13,10 @@
 
 const REFRESH_MS = 1000;          // pause between the end of one refresh and the next
 const REQUEST_TIMEOUT_MS = 10000;
+const ROW_MESSAGE_MS = 10000;     // how long a row action's error stays
 const DETAIL_LIMIT = 20;          // channels whose details (speeds, totals) each refresh fetches
 const SPARK_SECONDS = 180;        // longest span of a client's sparkline
+const SPARK_SAMPLES = 400;        // and most samples it keeps
 const TOKEN_KEY = "portmapper.admin-token";
 const MiB = 1048576;
 
@@ -168,24 +170,30 @@ async function act(button, message, work) {
   } catch (error) {
     message.className = "message error";
     setText(message, error.message);
-    if (error instanceof NeedToken) askToken(error.message);
+    if (error instanceof NeedToken) askToken();
   } finally {
     button.disabled = false;
   }
 }
 
 /**
- * A cell with one action button and, beside it, the action's error.  With
- * `confirm(item)`, a first click asks that question in the cell and only "Yes"
- * runs `run(item)`.
+ * A cell with one action button and, beside it, the action's error (for a
+ * while, or until clicked).  With `confirm(item)`, a first click asks that
+ * question in the cell and only "Yes" runs `run(item)`.
  */
 function actionCell(label, run, confirm) {
   return (td) => {
-    const message = el("span", { class: "message" });
+    const message = el("span", { class: "message", title: "Click to dismiss" });
     const button = el("button", { type: "button", class: "danger small", "data-action": label.toLowerCase() }, label);
     const question = el("span", { class: "confirm", hidden: "" });
     const item = () => td.parentElement.item;
-    const go = () => act(button, message, () => run(item()));
+    let timer = 0;
+    const go = async () => {
+      clearTimeout(timer);
+      await act(button, message, () => run(item()));
+      timer = setTimeout(() => setText(message, ""), ROW_MESSAGE_MS);
+    };
+    message.addEventListener("click", () => setText(message, ""));
     const ask = (yes) => { question.hidden = !yes; button.hidden = yes; };
     button.addEventListener("click", () => {
       if (!confirm) { go(); return; }
@@ -247,7 +255,7 @@ async function loadClients() {
   const now = Date.now() / 1000;
   const samples = new Map();
   for (const { id, value } of data.clients) {
-    const kept = (data.samples.get(id) || []).filter((s) => s.t > now - SPARK_SECONDS);
+    const kept = (data.samples.get(id) || []).filter((s) => s.t > now - SPARK_SECONDS).slice(1 - SPARK_SAMPLES);
     kept.push({ t: now, recv: value.recv_real_time_speed || 0, send: value.send_real_time_speed || 0 });
     samples.set(id, kept);
   }
@@ -501,8 +509,8 @@ function showDown(error) {
     return;
   }
   downSince = downSince || clock();
-  setText(banner, `${error.message} (${new URL(document.baseURI).origin}, since ${downSince}). `
-    + "The page keeps trying and comes back by itself; what it shows is from before.");
+  setText(banner, `${error.message.replace(/\.$/, "")} (since ${downSince}). `
+    + "The page keeps trying and comes back by itself; until then it shows what it saw last.");
   banner.hidden = false;
   $("#main").classList.add("stale");
   showStatus("server not answering", "down");
@@ -543,9 +551,8 @@ async function refresh() {
     load("history", loadHistory),
   ]);
   const failures = outcomes.filter((o) => o.status === "rejected").map((o) => o.reason);
-  const needToken = failures.find((e) => e instanceof NeedToken);
-  if (needToken) {
-    askToken(needToken.message);
+  if (failures.some((e) => e instanceof NeedToken)) {
+    askToken();
     return false;
   }
   const down = failures.find((e) => e instanceof Unreachable);
@@ -557,10 +564,10 @@ async function refresh() {
 
 // -- the admin token -------------------------------------------------------
 
-function askToken(reason) {
+function askToken() {
   const panel = $("#token-panel");
   if (!panel.hidden) return;
-  setText($("#token-error"), token ? `The server refused this token: ${reason}` : "");
+  setText($("#token-error"), token ? "The server refused this token; it is the server's --admin-token." : "");
   token = null;
   sessionStorage.removeItem(TOKEN_KEY);
   panel.hidden = false;
