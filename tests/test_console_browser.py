@@ -22,7 +22,7 @@ from twisted.internet.protocol import ClientFactory, ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.e2e import POLL, Backend, Running, free_port, in_thread, start_client, wait_for
+from tests.e2e import POLL, Backend, Echo, Running, free_port, in_thread, start_client, wait_for
 from tests.test_e2e_observe import Discard, PacedUpload
 from tests.test_tap import _TWISTD
 
@@ -174,7 +174,7 @@ class DashboardTests(TestCase):
         yield in_thread(page.wait_cell, "clients", client_id, "state", lambda text: "WORKING" in text)
 
         public = free_port()
-        backend = Backend(Discard).listen(self)
+        backend = Backend(Echo).listen(self)
         form = {"port": public, "mapper_ip": "127.0.0.1", "mapper_port": backend}
         yield in_thread(page.fill, "#map-form", form)
         yield in_thread(page.click, "#map-form button[type=submit]")
@@ -187,8 +187,9 @@ class DashboardTests(TestCase):
         yield wait_for(lambda: len(self.server.registry.channels) == 2, what="the users' channels")
         closed, kept = sorted(self.server.registry.channels)
         for channel_id in (closed, kept):
-            yield in_thread(page.wait_cell, "channels", channel_id, "recv_speed", _positive_speed,
-                            f"a non-zero speed on channel {channel_id}")
+            for column in ("recv_speed", "send_speed"):  # up from the user, and echoed back
+                yield in_thread(page.wait_cell, "channels", channel_id, column, _positive_speed,
+                                f"a non-zero {column} on channel {channel_id}")
 
         yield in_thread(page.click, f'#channels tr[data-key="{closed}"] button[data-action="close"]')
         yield in_thread(page.wait_gone, "channels", closed)
