@@ -522,7 +522,11 @@ class WheelTests(SynchronousTestCase):
         for module in ("portmapper/__init__.py", "portmapper/config.py",
                        "portmapper/server/tap.py", "portmapper/server/core.py",
                        "portmapper/client/tap.py", "portmapper/client/agent.py",
-                       "portmapper/protocol/connection.py"):
+                       "portmapper/protocol/connection.py",
+                       # the dashboard's package data
+                       "portmapper/server/console/index.html",
+                       "portmapper/server/console/app.js",
+                       "portmapper/server/console/style.css"):
             self.assertIn(module, names)
         self.assertFalse([n for n in names if n.startswith("tests/")])
         self.assertIn("Requires-Dist: twisted", metadata)

@@ -32,6 +32,7 @@ from portmapper import validate
 from portmapper.errors import (
     BadParameter, PortMapperError, Unauthorized, UnknownChannel, UnknownClient, UnknownMapping,
 )
+from portmapper.server import console
 from portmapper.server.meter import MB
 
 log = Logger()
@@ -204,6 +205,21 @@ class AdminAPI:
             method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"),
         )
         return _failed(request, 500, "Internal server error; the server log has the details.")
+
+    # -- the dashboard (server/console): the page holds no data, so it needs no
+    # token; the index of endpoints is JSON like the rest, so it does ---------
+
+    @app.route("/", methods=["GET"])
+    def get_root(self, request):
+        request.setHeader(b"Vary", b"Accept")
+        if console.wants_json(request):
+            self._authorize(request)
+            return _render(request, console.index(self.app.url_map))
+        return console.serve(request, console.PAGE)
+
+    @app.route("/ui/<name>", methods=["GET"])
+    def get_ui(self, request, name):
+        return console.asset(request, name)
 
     # -- ports and mappings ---------------------------------------------------
 
