@@ -27,7 +27,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.server import Site
+
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -38,6 +38,7 @@ from portmapper.server.core import PortMapperServer
 from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.link import ServerLinkFactory
 from portmapper.server.registry import SERVER_STOPPED
+from portmapper.server.services import AdminSite
 from portmapper.server.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +210,7 @@ class ServerServiceTests(SynchronousTestCase):
         self.assertIs(client_port.factory.server, server)
         admin = service.getServiceNamed("admin")
         self.assertIsInstance(admin, StreamServerEndpointService)
-        self.assertIsInstance(admin.factory, Site)
+        self.assertIsInstance(admin.factory, AdminSite)
         self.assertEqual(service.getServiceNamed("sampler").interval, 2.0)
 
     def test_settings(self):
@@ -239,7 +240,7 @@ class ServerServiceTests(SynchronousTestCase):
         ports = self.start(service)
         self.assertEqual(
             [(port, type(factory), interface) for port, factory, _, interface in self.reactor.tcpServers],
-            [(CLIENT_PORT, ServerLinkFactory, "127.0.0.1"), (ADMIN_PORT, Site, "127.0.0.1")])
+            [(CLIENT_PORT, ServerLinkFactory, "127.0.0.1"), (ADMIN_PORT, AdminSite, "127.0.0.1")])
         self.assertEqual((ports["client-port"].getHost().port, ports["admin"].getHost().port),
                          (CLIENT_PORT, ADMIN_PORT))
         server = service.getServiceNamed("server")

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, suc
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 from zope.interface import implementer
 
 log = Logger()
@@ -123,6 +124,41 @@ class Listener(StreamServerEndpointService):
             self._listening(result)
         self._started.callback(result)
         return result
+
+
+class AdminSite(Site):
+    """
+    The admin API's ``Site``: no tracebacks in answers, and its open
+    (kept-alive) connections are dropped when its listener stops, so that
+    no request reaches a server that has stopped.
+    """
+
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(self, resource):
+        super().__init__(resource)
+        self.open_channels = set()
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        connection_lost = channel.connectionLost
+
+        def lost(reason):
+            self.open_channels.discard(channel)
+            connection_lost(reason)
+
+        channel.connectionLost = lost
+        self.open_channels.add(channel)
+        return channel
+
+    def stopFactory(self):
+        for channel in list(self.open_channels):
+            # Twisted wraps each HTTPChannel; the wrapped one has the transport.
+            transport = getattr(getattr(channel, "_channel", channel), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        super().stopFactory()
 
 
 class StoreService(Service):

@@ -29,14 +29,13 @@ import os
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from portmapper.config import SERVER_KEYS, ServerSettings, make_options
 from portmapper.server.admin import AdminAPI
 from portmapper.server.core import PortMapperServer
 from portmapper.server.link import ServerLinkFactory
 from portmapper.server.meter import Sampler
-from portmapper.server.services import InOrder, Listener, StoreService
+from portmapper.server.services import AdminSite, InOrder, Listener, StoreService
 from portmapper.server.store import Store
 from portmapper.startup import exit_when_failed
 from portmapper.transport.endpoints import link_server_endpoint
@@ -89,9 +88,7 @@ def build(settings, reactor):
                   history_max_rows=settings.history_max_rows,
                   history_max_age=settings.history_max_age)
     server = PortMapperServer(settings, reactor, store)
-    site = Site(AdminAPI(server, settings.admin_token).app.resource())
-    site.displayTracebacks = False
-    site.noisy = False
+    site = AdminSite(AdminAPI(server, settings.admin_token).app.resource())
 
     service = InOrder()
     for name, child in [
