@@ -193,6 +193,16 @@ class IdleTests(WindowCase):
             self.deliver(WINDOW // 4)
         self.assertEqual(self.window.size, WINDOW_GROWTH * WINDOW)
 
+    def test_busyWindowCreditedBetweenTicksKept(self):
+        """A grown window whose data came in, and whose credit went back, between two ticks is kept."""
+        self.deliver(WINDOW)
+        self.assertTrue(self.window.idle())
+        batch = self.window.batch
+        self.assertEqual(self.deliver(batch), batch)  # credit given back: as much allowed as before
+        self.assertTrue(self.window.idle())
+        self.assertEqual(self.window.size, WINDOW_GROWTH * WINDOW)
+        self.assertEqual(self.window.debt, 0)
+
     def test_ungrownWindowNotIdle(self):
         """A window at its initial size has nothing to shrink."""
         self.assertFalse(self.window.idle())

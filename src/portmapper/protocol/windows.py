@@ -96,7 +96,7 @@ class ReceiveWindow:
     """
 
     __slots__ = ("initial", "max_size", "link", "size", "allowed", "pending", "batch",
-                 "debt", "epoch_start", "epoch_bytes", "idle_mark", "grown")
+                 "debt", "epoch_start", "epoch_bytes", "received", "idle_mark", "grown")
 
     def __init__(self, initial, max_size, link, now):
         self.initial = initial
@@ -109,13 +109,15 @@ class ReceiveWindow:
         self.debt = 0  # credit to withhold, shrinking the window
         self.epoch_start = now  # when the current window began (tuning)
         self.epoch_bytes = 0  # bytes credited since then
-        self.idle_mark = None  # ``allowed`` at the last keepalive tick
+        self.received = 0  # bytes taken in, ever
+        self.idle_mark = None  # ``received`` at the last keepalive tick
         self.grown = False
 
     def take(self, n):
         """``n`` bytes arrived and go to the local socket; False if beyond the credit given."""
         self.allowed -= n
         self.pending += n
+        self.received += n
         return self.allowed >= 0
 
     def due(self):
@@ -178,11 +180,11 @@ class ReceiveWindow:
         """
         if not self.grown:
             return False
-        if self.idle_mark == self.allowed:
+        if self.idle_mark == self.received:
             self.debt += self.size - self.initial
             self.size = self.initial
             self.batch = credit_batch(self.initial)
             self.grown = False
             return False
-        self.idle_mark = self.allowed
+        self.idle_mark = self.received
         return True
