@@ -1123,6 +1123,40 @@ class GoAwayTests(LinkCase):
                          decode(reset(1, "done") + frames.goaway(GOAWAY_CLOSING, "drained")))
         self.assertEqual(events(client), [CloseLink("drained", False, False)])
 
+    def test_drainedByPeerReset(self):
+        """A draining link also closes when its last channel is reset by the peer."""
+        server, client = pair()
+        accepted(client)
+        client.go_away("client stopping")
+        client.data_to_send()
+        receive(client, reset(1, "user left"))
+        self.assertEqual(events(client),
+                         [ChannelReset(1, "user left"), CloseLink("drained", False, False)])
+        self.assertGoaway(client, GOAWAY_CLOSING, "drained")
+
+    def test_drainedByRefusal(self):
+        """A draining client also closes when it refuses the last channel, after its OPEN_FAIL."""
+        server, client = pair()
+        receive(client, frames.open_channel(1, WINDOW_SIZE, "h", 1))
+        events(client)
+        client.go_away("client stopping")
+        client.data_to_send()
+        client.refuse_channel(1, frames.FAIL_REFUSED, "connection refused")
+        self.assertEqual([f[0] for f in sent(client)], [OPEN_FAIL, GOAWAY])
+        self.assertEqual(events(client), [CloseLink("drained", False, False)])
+
+    def test_drainedByOpenFail(self):
+        """A draining server also closes when its last channel fails to open."""
+        server, client = pair()
+        server.open_channel("target", 80)
+        server.go_away("server stopping")
+        server.data_to_send()
+        receive(server, frames.open_fail(1, frames.FAIL_REFUSED, "connection refused"))
+        self.assertEqual(events(server),
+                         [ChannelOpenFailed(1, frames.FAIL_REFUSED, "connection refused"),
+                          CloseLink("drained", False, False)])
+        self.assertGoaway(server, GOAWAY_CLOSING, "drained")
+
     def test_serverGoAwayRefusesNewChannels(self):
         """A server draining opens no channel itself."""
         server, client = pair()
