@@ -1224,6 +1224,25 @@ class LinkEndTests(LinkCase):
         server.close("third")
         self.assertEqual((sent(server), events(server)), ([], []))
 
+    def test_nothingSentAfterClose(self):
+        """Once the link closed (its GOAWAY is the last frame), nothing more is queued to send."""
+        server, client = pair()
+        accepted(client)
+        receive(client, frames.open_channel(2, WINDOW_SIZE, "h", 1))
+        client.local_full(1, True)
+        receive(client, data(1, b"x" * 10))
+        client.delivered()
+        client.fail("stopping")
+        client.data_to_send()
+        before = client.meter.send_bytes
+        client.send_data(1, b"late")
+        client.local_full(1, False)  # credit due
+        client.accept_channel(2)
+        client.end_channel(1)
+        client.tick(T0 + PING_INTERVAL)
+        self.assertEqual(sent(client), [])
+        self.assertEqual(client.meter.send_bytes, before)
+
     def test_close(self):
         """close() says why in a GOAWAY, and is no error."""
         server, client = pair()

@@ -302,7 +302,9 @@ class Connection:
         return events
 
     def _send(self, frame):
-        """Queue one whole control frame."""
+        """Queue one whole control frame (none once the link closed: its GOAWAY was the last)."""
+        if self.closed:
+            return
         if self._link_full:
             self._control_backlog += len(frame)
             if self._control_backlog > MAX_CONTROL_BACKLOG:
@@ -682,7 +684,7 @@ class Connection:
     def send_data(self, channel_id, data):
         """The channel's local socket read ``data``: send it within the channel's credit."""
         ch = self.channels.get(channel_id)
-        if ch is None or ch.state in SENT_FIN_STATES:
+        if ch is None or ch.state in SENT_FIN_STATES or self.closed:
             return
         n = len(data)
         if n <= ch.send_credit and not ch.pending and n <= MAX_DATA:
