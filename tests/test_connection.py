@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from portmapper.protocol import auth, frames
 from portmapper.protocol.channel import State
 from portmapper.protocol.connection import (
-    CLIENT, HANDSHAKE_TIMEOUT, MAX_CONTROL_BACKLOG, PING_INTERVAL, PING_TIMEOUT, SERVER,
+    CLIENT, HANDSHAKE_MAX_CONTROL, HANDSHAKE_TIMEOUT, MAX_CONTROL_BACKLOG, PING_INTERVAL, PING_TIMEOUT, SERVER,
     AuthRequested, ChannelEnded, ChannelLost, ChannelOpened, ChannelOpenFailed, ChannelReset,
     CloseLink, Connection, DataReceived, GoingAway, LinkUnavailable, OpenRequested, PauseReading,
     Refused, ResumeReading, Welcomed,
@@ -362,7 +362,7 @@ class SenderWindowTests(LinkCase):
         self.assertEqual(channel_id, 1)
         [(ftype, cid, payload)] = sent(server)
         self.assertEqual((ftype, cid), (OPEN, 1))
-        self.assertEqual(frames.parse_open(payload), (WINDOW_SIZE, "target", 80))
+        self.assertEqual(frames.parse_open(payload), (WINDOW_SIZE, "target", 80, b""))
         self.assertEqual(server.channels[1].state, State.OPENING)
         server.send_data(1, b"x" * (EARLY_DATA + 400))
         self.assertEqual(data_sent(server), b"x" * EARLY_DATA)
@@ -1436,3 +1436,40 @@ class MeterTests(SynchronousTestCase):
         self.assertEqual(server.meter.send_bytes, frames.HEADER_SIZE + 3)
         self.assertEqual(server.meter.recv_bytes,
                          len(frames.open_ok(1, WINDOW_SIZE)) + frames.HEADER_SIZE + 5)
+
+
+class PreambleTests(SynchronousTestCase):
+    def test_preambleCarriedToAcceptor(self):
+        """A preamble given to open_channel reaches the acceptor's OpenRequested, byte for byte."""
+        server, client = pair()
+        channel_id = server.open_channel("target", 80, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
+        receive(client, b"".join(server.data_to_send()))
+        self.assertEqual(events(client), [OpenRequested(
+            channel_id, "target", 80, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")])
+
+    def test_openAfterPeerDrainingIsProtocolError(self):
+        """An OPEN after the opener announced it drains ends the link."""
+        server, client = pair()
+        receive(client, frames.goaway(frames.GOAWAY_DRAINING, "stopping"))
+        events(client)
+        receive(client, frames.open_channel(1, WINDOW_SIZE, "target", 80))
+        self.assertTrue(client.protocol_error)
+        self.assertIn("after GOAWAY draining", events(client)[-1].reason)
+
+    def test_windowBeforeOpenOkIsProtocolError(self):
+        """A WINDOW for a channel the peer has not confirmed yet ends the link."""
+        server, client = pair()
+        server.open_channel("target", 80)
+        server.data_to_send()
+        receive(server, frames.window_update(1, 1024))
+        self.assertTrue(server.protocol_error)
+        self.assertIn("before its OPEN_OK", events(server)[-1].reason)
+
+    def test_refusalFitsTheHandshakeLimit(self):
+        """A REFUSE with a long reason is cut to what the peer accepts before the handshake."""
+        server = Connection(SERVER, 0.0)
+        server.start()
+        server.data_to_send()
+        server.refuse("x" * 5000)
+        [(ftype, _, payload)] = decode(b"".join(server.data_to_send()))
+        self.assertLessEqual(len(payload), HANDSHAKE_MAX_CONTROL)

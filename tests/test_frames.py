@@ -164,13 +164,20 @@ class EncoderRoundTripTests(SynchronousTestCase):
         self.assertEqual(len(payload), MAX_CONTROL)
         self.assertTrue(frames.parse_reason(payload).startswith("é" * 100))
 
-    @given(channel_id=channel_ids, window=u32s, host=texts,
-           port=st.integers(min_value=0, max_value=65535))
-    def test_open(self, channel_id, window, host, port):
-        """OPEN carries the sender's window and the target's host and port."""
-        ftype, got_channel, payload = decodeOne(frames.open_channel(channel_id, window, host, port))
+    @given(channel_id=channel_ids, window=u32s, host=st.text(max_size=63),
+           port=st.integers(min_value=0, max_value=65535), preamble=st.binary(max_size=120))
+    def test_open(self, channel_id, window, host, port, preamble):
+        """OPEN carries the sender's window, the target's host and port, and a preamble."""
+        ftype, got_channel, payload = decodeOne(
+            frames.open_channel(channel_id, window, host, port, preamble))
         self.assertEqual((ftype, got_channel), (OPEN, channel_id))
-        self.assertEqual(frames.parse_open(payload), (window, host, port))
+        self.assertEqual(frames.parse_open(payload), (window, host, port, preamble))
+
+    def test_openHostCut(self):
+        """An OPEN whose host is longer than the rest of the frame is refused."""
+        payload = frames.open_channel(1, 1024, "example.org", 22)[frames.HEADER_SIZE:]
+        error = self.assertRaises(ProtocolError, frames.parse_open, payload[:-1])
+        self.assertIn("too short", str(error))
 
     @given(channel_id=channel_ids, window=u32s)
     def test_openOk(self, channel_id, window):
@@ -338,7 +345,7 @@ class MalformedInputTests(SynchronousTestCase):
 
     def test_truncatedOpen(self):
         """An OPEN payload shorter than window and port is refused."""
-        self.assertRaises(ProtocolError, frames.parse_open, b"\0" * 5)
+        self.assertRaises(ProtocolError, frames.parse_open, b"\0" * 6)
 
     def test_truncatedOpenFail(self):
         """An OPEN_FAIL payload without its code is refused."""
@@ -359,7 +366,7 @@ class MalformedInputTests(SynchronousTestCase):
 
     def test_badUtf8Host(self):
         """An OPEN host that is not UTF-8 is refused."""
-        payload = struct.pack(">IH", 1024, 22) + b"\xc3("
+        payload = struct.pack(">IHB", 1024, 22, 2) + b"\xc3("
         error = self.assertRaises(ProtocolError, frames.parse_open, payload)
         self.assertIn("UTF-8", str(error))
 

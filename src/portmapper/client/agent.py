@@ -55,8 +55,9 @@ class TargetDial(ClientFactory):
     protocol = TargetProtocol
     noisy = False  # one per channel: too many to log
 
-    def __init__(self, handler, link, channel_id, host, port):
+    def __init__(self, handler, link, channel_id, host, port, preamble=b""):
         self.handler = handler
+        self.preamble = preamble  # written to the target before the channel's data
         self.link = link
         self.channel_id = channel_id
         self.host = host
@@ -131,14 +132,14 @@ class ClientLinkHandler:
 
     # -- channels ---------------------------------------------------------------
 
-    def openRequested(self, link, channel_id, host, port):
+    def openRequested(self, link, channel_id, host, port, preamble=b""):
         allow = self.settings.allow
         if allow is not None and not allow.allows(host, port):
             log.warn("refused to open {host}:{port}: not in the allow-list", host=host, port=port)
             link.refuseChannel(channel_id, frames.FAIL_DENIED,
                                f"{host}:{port} is not in this client's allow-list")
             return
-        dial = TargetDial(self, link, channel_id, host, port)
+        dial = TargetDial(self, link, channel_id, host, port, preamble)
         self._dials[channel_id] = dial
         dial.start(self.reactor, self.settings.connect_timeout)
 
@@ -149,6 +150,8 @@ class ClientLinkHandler:
 
     def targetConnected(self, dial, target):
         del self._dials[dial.channel_id]
+        if dial.preamble:
+            target.transport.write(dial.preamble)
         dial.link.acceptChannel(dial.channel_id, target)
 
     def targetFailed(self, dial, failure):

@@ -22,8 +22,10 @@ side of its own socket.  A RESET, or the link's loss, ends both at once.
 ``SENT_FIN`` is entered when the local socket's EOF is read; the FIN frame
 itself leaves once the data read before it has (it may wait for credit).
 :func:`advance` is the only way a state changes, so an event that is not
-allowed in a state cannot pass silently: it raises :class:`IllegalTransition`,
-which the link turns into a protocol error when the peer caused it.
+allowed in a state cannot pass silently: it raises :class:`IllegalTransition`.
+The link core checks what the peer sends before it advances a channel (a
+frame a state does not allow is a protocol error), so an IllegalTransition
+is always a bug of ours.
 """
 
 import enum

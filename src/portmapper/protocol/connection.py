@@ -126,15 +126,16 @@ class CloseLink(Event):
 
 
 class OpenRequested(Event):
-    """Acceptor: open a connection to host:port, then accept_channel() or
-    refuse_channel()."""
+    """Acceptor: open a connection to host:port, write ``preamble`` to it first, then
+    accept_channel() or refuse_channel()."""
 
-    __slots__ = ('channel_id', 'host', 'port')
+    __slots__ = ('channel_id', 'host', 'port', 'preamble')
 
-    def __init__(self, channel_id, host, port):
+    def __init__(self, channel_id, host, port, preamble=b""):
         self.channel_id = channel_id
         self.host = host
         self.port = port
+        self.preamble = preamble
 
 
 class ChannelOpened(Event):
@@ -388,7 +389,8 @@ class Connection:
         if self.closed:
             return
         if goaway:
-            self._send(frames.goaway(GOAWAY_CLOSING, reason))
+            limit = frames.MAX_CONTROL if self.established else HANDSHAKE_MAX_CONTROL
+            self._send(frames.goaway(GOAWAY_CLOSING, reason, limit))
         self.closed = True
         self._decoder.stopped = True
         self._events.append(CloseLink(reason, error, abort))
@@ -412,7 +414,8 @@ class Connection:
         """Server: refuse the client, telling it ``reason``; the link closes."""
         if self.closed:
             return
-        self._send(frames.reason_frame(REFUSE, 0, f"client refused: {reason}"))
+        why = f"client refused: {reason}"
+        self._send(frames.reason_frame(REFUSE, 0, why, HANDSHAKE_MAX_CONTROL))
         self._close(f"client refused: {reason}", error=False, goaway=False)
 
     def _establish(self):
@@ -523,9 +526,11 @@ class Connection:
         self._delivered.append(ch)
 
     def _on_open(self, channel_id, payload):
-        window, host, port = frames.parse_open(payload)
+        window, host, port, preamble = frames.parse_open(payload)
         if self.role != CLIENT:
             raise ProtocolError("this end does not accept OPEN")
+        if self.peer_draining:
+            raise ProtocolError(f"OPEN for channel {channel_id} after GOAWAY draining")
         if channel_id <= self._last_peer_id:
             raise ProtocolError(f"OPEN for channel {channel_id}, not above the last one "
                                 f"({self._last_peer_id})")
@@ -538,7 +543,7 @@ class Connection:
             return
         self.channels[channel_id] = Channel(channel_id, State.CONNECTING, window, self.window,
                                             self.max_window, self.estimate, self._now)
-        self._events.append(OpenRequested(channel_id, host, port))
+        self._events.append(OpenRequested(channel_id, host, port, preamble))
 
     def _on_open_ok(self, channel_id, payload):
         if self.role != SERVER:
@@ -577,6 +582,8 @@ class Connection:
         ch = self.channels.get(channel_id)
         if ch is None:
             return
+        if ch.state in OPENING_STATES:
+            raise ProtocolError(f"WINDOW on channel {channel_id} before its OPEN_OK")
         if ch.send_credit + increment > MAX_CREDIT:
             raise ProtocolError(f"WINDOW on channel {channel_id} overflows its credit")
         self._add_credit(ch, increment)
@@ -624,10 +631,12 @@ class Connection:
 
     # -- channels: opening -----------------------------------------------------------
 
-    def open_channel(self, host, port):
+    def open_channel(self, host, port, preamble=b""):
         """
-        Opener: ask the peer to open a channel to ``host:port``; returns its
-        id.  Up to EARLY_DATA bytes (and a FIN) may be sent on it at once.
+        Opener: ask the peer to open a channel to ``host:port``, writing
+        ``preamble`` to the target before anything else (a PROXY protocol
+        header, say); returns the channel's id.  Up to EARLY_DATA bytes (and
+        a FIN) may be sent on it at once.
         Raises :class:`LinkUnavailable` if no channel can be opened here.
         """
         if self.role != SERVER:
@@ -643,7 +652,7 @@ class Connection:
         self._next_id += 1
         self.channels[channel_id] = Channel(channel_id, State.OPENING, EARLY_DATA, self.window,
                                             self.max_window, self.estimate, self._now)
-        self._send(frames.open_channel(channel_id, self.window, host, port))
+        self._send(frames.open_channel(channel_id, self.window, host, port, preamble))
         return channel_id
 
     def accept_channel(self, channel_id):

@@ -73,7 +73,7 @@ MAX_CREDIT = 2**32 - 1
 PING_SIZE = 8  # PING and PONG payloads: exactly this many bytes
 
 _U32 = struct.Struct(">I")
-_OPEN = struct.Struct(">IH")  # window, port; then host (UTF-8)
+_OPEN = struct.Struct(">IHB")  # window, port, host length; then host (UTF-8), preamble
 _FAIL = struct.Struct(">B")  # code; then reason (UTF-8)
 _HELLO = struct.Struct(">4sB32s")  # magic, version, nonce
 _AUTH = struct.Struct(">4sBB")  # magic, version, proof method; then proof, tag (UTF-8)
@@ -151,13 +151,14 @@ def parse_u32(payload, what):
     return _U32.unpack(payload)[0]
 
 
-def reason_frame(ftype, channel_id, reason):
-    """REFUSE or RESET with a human-readable reason."""
-    return encode(ftype, channel_id, reason.encode("utf-8")[:MAX_CONTROL])
+def reason_frame(ftype, channel_id, reason, limit=MAX_CONTROL):
+    """REFUSE or RESET with a human-readable reason (cut to ``limit`` bytes)."""
+    return encode(ftype, channel_id, reason.encode("utf-8")[:limit])
 
 
-def goaway(code, reason):
-    return encode(GOAWAY, 0, _GOAWAY.pack(code) + reason.encode("utf-8")[:MAX_CONTROL - 1])
+def goaway(code, reason, limit=MAX_CONTROL):
+    """GOAWAY with its code and reason (the payload cut to ``limit`` bytes)."""
+    return encode(GOAWAY, 0, _GOAWAY.pack(code) + reason.encode("utf-8")[:limit - 1])
 
 
 def parse_goaway(payload):
@@ -172,14 +173,17 @@ def parse_reason(payload):
     return payload.decode("utf-8", "replace")
 
 
-def open_channel(channel_id, window, host, port):
-    return encode(OPEN, channel_id, _OPEN.pack(window, port) + host.encode("utf-8"))
+def open_channel(channel_id, window, host, port, preamble=b""):
+    host = host.encode("utf-8")
+    return encode(OPEN, channel_id, _OPEN.pack(window, port, len(host)) + host + preamble)
 
 
 def parse_open(payload):
-    """Return (window, host, port)."""
-    (window, port), rest = _unpack(_OPEN, payload, "OPEN")
-    return window, _text(rest, "the target host"), port
+    """Return (window, host, port, preamble)."""
+    (window, port, host_length), rest = _unpack(_OPEN, payload, "OPEN")
+    if len(rest) < host_length:
+        raise ProtocolError(f"OPEN frame is too short ({len(payload)} bytes)")
+    return window, _text(rest[:host_length], "the target host"), port, rest[host_length:]
 
 
 def open_ok(channel_id, window):

@@ -41,7 +41,7 @@ class ServerLinkHandler:
     def welcomed(self, link, client_id):
         raise NotImplementedError("only a client is welcomed")
 
-    def openRequested(self, link, channel_id, host, port):
+    def openRequested(self, link, channel_id, host, port, preamble):
         raise NotImplementedError("the server opens channels; it accepts none")
 
     def openCancelled(self, link, channel_id):

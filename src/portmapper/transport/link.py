@@ -39,8 +39,11 @@ class ILinkOwner(Interface):
     def welcomed(link, client_id):
         """Client: the server accepted this link as ``client_id``."""
 
-    def openRequested(link, channel_id, host, port):
-        """Client: connect to ``host:port``; then ``link.acceptChannel`` or ``link.refuseChannel``."""
+    def openRequested(link, channel_id, host, port, preamble):
+        """
+        Client: connect to ``host:port`` and write ``preamble`` to it first;
+        then ``link.acceptChannel`` or ``link.refuseChannel``.
+        """
 
     def openCancelled(link, channel_id):
         """Client: the channel being connected was reset, or the link lost: stop connecting."""
@@ -232,7 +235,7 @@ class LinkProtocol(Protocol):
             end.openFailed(event.code, event.reason)
 
     def _onOpenRequested(self, event):
-        self.owner.openRequested(self, event.channel_id, event.host, event.port)
+        self.owner.openRequested(self, event.channel_id, event.host, event.port, event.preamble)
 
     def _onAuth(self, event):
         self.owner.authenticate(self, event.method, event.proof, event.tag, event.nonce)
@@ -306,13 +309,14 @@ class LinkProtocol(Protocol):
         self.connection.refuse(reason)
         self._apply()
 
-    def openChannel(self, end, host, port):
+    def openChannel(self, end, host, port, preamble=b""):
         """
-        Server: carry ``end`` over a new channel to ``host:port``; returns
-        the channel id (:class:`~portmapper.protocol.connection.LinkUnavailable`
-        if the link takes no new channel).  ``end`` may send early data at once.
+        Server: carry ``end`` over a new channel to ``host:port`` (the client
+        writes ``preamble`` to the target first); returns the channel id
+        (:class:`~portmapper.protocol.connection.LinkUnavailable` if the link
+        takes no new channel).  ``end`` may send early data at once.
         """
-        channel_id = self.connection.open_channel(host, port)
+        channel_id = self.connection.open_channel(host, port, preamble)
         self._addEnd(channel_id, end)
         self._apply()
         return channel_id
