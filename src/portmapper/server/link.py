@@ -5,10 +5,11 @@ client, the :class:`~portmapper.transport.link.ILinkOwner` of its link.
 It checks the client's proof of the shared token, admits the client into
 the registry under its tag, and tells the server when the link is gone.
 Channels are opened on the link by the public ports (``public.py``).
+What it asks of the server is :class:`ILinkServer`.
 """
 
 from twisted.internet.protocol import Factory
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from portmapper.protocol import auth
 from portmapper.protocol.connection import SERVER, Connection
@@ -17,9 +18,25 @@ from portmapper.server.registry import PROTOCOL_ERROR
 from portmapper.transport.link import ILinkOwner, LinkProtocol
 
 
+class ILinkServer(Interface):
+    """What the links of tunnel clients ask of the server."""
+
+    settings = Attribute("The ServerSettings: token, windows, keepalive and handshake timeouts.")
+    clock = Attribute("The IReactorTime the links take the time and their timers from.")
+
+    def clientConnected(link, ip, port, tag):
+        """A client at ``ip:port`` proved the token for ``tag``: admit it; returns its ClientSession."""
+
+    def clientDraining(session):
+        """The client takes no new channels; its open ones carry on."""
+
+    def clientDisconnected(session, reason):
+        """The client's link is gone (``reason``, a sentence)."""
+
+
 @implementer(ILinkOwner)
 class ServerLinkHandler:
-    """What one client's link asks of the server."""
+    """What one client's link asks of the server (an :class:`ILinkServer`)."""
 
     def __init__(self, server):
         self.server = server
