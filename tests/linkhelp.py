@@ -1,19 +1,33 @@
 """
-Helpers for unit tests that drive links over ``StringTransport``s: read back
-the frames a link wrote, and move bytes between two links.
+Helpers for unit tests of the tunnel link: read back the frames a link
+wrote (a ``LinkProtocol`` on a ``StringTransport``, or a sans-IO
+``Connection``), and move bytes between two links.
 """
 
 from portmapper.protocol.frames import DATA, FrameDecoder
 
 
-def written(link):
+def decode(data):
     """
-    The frames ``link`` wrote since the last call, as (type, channel,
-    payload); each DATA frame is one entry.
+    The frames in ``data`` (whole frames only), as (type, channel, payload);
+    each DATA frame is one entry.
     """
     out = []
     decoder = FrameDecoder(lambda *f: out.append(f), lambda c, d: out.append((DATA, c, bytes(d))))
-    decoder.feed(link.transport.value())
+    decoder.feed(data)
+    return out
+
+
+def written(link):
+    """
+    The frames ``link`` wrote since the last call, as (type, channel,
+    payload); each DATA frame is one entry.  ``link`` is a protocol on a
+    ``StringTransport`` (whose buffer this clears) or a ``Connection``
+    (whose ``data_to_send()`` this empties).
+    """
+    if hasattr(link, "data_to_send"):
+        return decode(b"".join(link.data_to_send()))
+    out = decode(link.transport.value())
     link.transport.clear()
     return out
 
