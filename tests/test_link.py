@@ -224,6 +224,14 @@ class DoubleTests(LinkTestCase):
         self.assertTrue(verifyObject(IChannelEnd, RecordingEnd(self.calls, "end")))
         self.assertTrue(verifyObject(IChannelEnd, ChannelEnd()))
 
+    def test_doublesHaveNothingMore(self):
+        """The doubles have no method beyond their interfaces, so the link needs no more."""
+        def methods(cls):
+            return {name for name, value in vars(cls).items()
+                    if callable(value) and not name.startswith("_")}
+        self.assertEqual(methods(RecordingOwner), set(ILinkOwner.names()))
+        self.assertEqual(methods(RecordingEnd), set(IChannelEnd.names()) - {"link", "channel_id"})
+
 
 class ProducerTests(LinkTestCase):
     """The link is its transport's streaming producer: a full write buffer pauses the writers."""

@@ -58,6 +58,9 @@ class IChannelEnd(Interface):
     link = Attribute("The LinkProtocol carrying this channel (set when the channel is added).")
     channel_id = Attribute("The channel's id on that link.")
 
+    def channelAdded():
+        """The link carries the channel from now on (``link`` and ``channel_id`` are set)."""
+
     def deliver(data):
         """Write bytes that arrived on the channel to the local socket."""
 
