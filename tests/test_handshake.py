@@ -32,7 +32,7 @@ from portmapper.protocol.frames import (
 )
 from portmapper.server.core import PortMapperServer
 from portmapper.server.link import ILinkServer, ServerLinkFactory, ServerLinkHandler
-from portmapper.server.registry import CLIENT_LOST, PROTOCOL_ERROR, Registry
+from portmapper.server.registry import CLIENT_LOST, CLOSED, PROTOCOL_ERROR, Registry
 from portmapper.transport.link import ILinkOwner
 from tests.linkhelp import written
 from tests.linkpair import connectLinks, queued
@@ -380,6 +380,10 @@ class HandshakeTests(SynchronousTestCase):
         slink.dataReceived(b"\xff" * 9)
         self.assertTrue(slink.transport.disconnecting)
         self.assertTrue(slink.connection.protocol_error)
+        # Closing, not yet gone: no longer WORKING, so given no new channel.
+        self.assertEqual(session.state, CLOSED)
+        self.assertIsNone(server.registry.pick_client(TAG))
+        self.assertEqual(session.lost_reason(), PROTOCOL_ERROR)
         pump.flush()
         self.assertEqual(session.lost_reason(), PROTOCOL_ERROR)
         self.assertEqual(server.disconnected,

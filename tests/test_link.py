@@ -99,6 +99,9 @@ class RecordingOwner:
     def draining(self, link, reason):
         self.calls.append(("owner", "draining", link, reason))
 
+    def linkClosing(self, link, reason, protocol_error):
+        self.calls.append(("owner", "linkClosing", link, reason, protocol_error))
+
     def linkLost(self, link, reason, protocol_error):
         self.calls.append(("owner", "linkLost", link, reason, protocol_error))
 
@@ -214,6 +217,11 @@ class LinkTestCase(SynchronousTestCase):
     def callsOf(self, name):
         return [call[1:] for call in self.calls if call[0] == name]
 
+    def assertOwnerToldClosingThenLost(self, link, reason, protocol_error):
+        """The owner heard the link was closing, then that it was gone, for ``reason``."""
+        self.assertEqual(self.callsOf("owner"), [("linkClosing", link, reason, protocol_error),
+                                                 ("linkLost", link, reason, protocol_error)])
+
 
 class DoubleTests(LinkTestCase):
     """The doubles, and the real channel end, provide the interfaces the link uses."""
@@ -273,8 +281,7 @@ class ProducerTests(LinkTestCase):
         self.assertNotIn("loseConnection", link.transport.calls)
         self.assertEqual({f[0] for f in written(link)}, {PONG})  # no GOAWAY queued behind them
         loseLink(link, Failure(ConnectionLost()))
-        self.assertEqual(self.callsOf("owner"),
-                         [("linkLost", link, "it does not read what it asks for", True)])
+        self.assertOwnerToldClosingThenLost(link, "it does not read what it asks for", True)
 
     def test_drainedLinkStartsAfresh(self):
         """Control frames written before the link's buffer drained do not count after it."""
@@ -319,9 +326,10 @@ class TimerTests(LinkTestCase):
         self.clock.advance(0.1)
         self.assertEqual(written(link), [goaway("the handshake did not finish in time")])
         self.assertTrue(link.transport.disconnecting)
-        loseLink(link)
         self.assertEqual(self.callsOf("owner"),
-                         [("linkLost", link, "the handshake did not finish in time", False)])
+                         [("linkClosing", link, "the handshake did not finish in time", False)])
+        loseLink(link)
+        self.assertOwnerToldClosingThenLost(link, "the handshake did not finish in time", False)
 
     def test_keepalivePings(self):
         """An established link pings every interval, stamped with the time, and stays up."""
@@ -346,8 +354,7 @@ class TimerTests(LinkTestCase):
         self.assertEqual(written(link), [goaway("nothing heard for 30 seconds")])
         self.assertTrue(link.transport.disconnecting)
         loseLink(link, Failure(ConnectionLost()))
-        self.assertEqual(self.callsOf("owner"),
-                         [("linkLost", link, "nothing heard for 30 seconds", False)])
+        self.assertOwnerToldClosingThenLost(link, "nothing heard for 30 seconds", False)
 
     def test_lossCancelsTimers(self):
         """Once the link is lost no timer of it is left, the close's abort included."""
@@ -395,7 +402,7 @@ class CloseTests(LinkTestCase):
         self.assertEqual(written(link), [goaway("the sky fell")])
         self.assertIn("203.0.113.9:40000", " ".join(formatEvent(e) for e in events))
         loseLink(link)
-        self.assertEqual(self.callsOf("owner"), [("linkLost", link, "the sky fell", False)])
+        self.assertOwnerToldClosingThenLost(link, "the sky fell", False)
 
     def test_peerCloses(self):
         """A closing GOAWAY from the peer closes the link with no answer; the owner gets its reason."""
@@ -404,7 +411,7 @@ class CloseTests(LinkTestCase):
         self.assertEqual(written(link), [])
         self.assertTrue(link.transport.disconnecting)
         loseLink(link)
-        self.assertEqual(self.callsOf("owner"), [("linkLost", link, "closed by the peer: bye", False)])
+        self.assertOwnerToldClosingThenLost(link, "closed by the peer: bye", False)
 
     def test_peerDrains(self):
         """A draining GOAWAY from the peer is passed to the owner; the link stays up."""
@@ -422,16 +429,15 @@ class CloseTests(LinkTestCase):
         self.assertIn("wrong token", " ".join(formatEvent(e) for e in events))
         self.assertTrue(link.transport.disconnecting)
         loseLink(link)
-        self.assertEqual(self.callsOf("owner"),
-                         [("linkLost", link, "refused: client refused: wrong token", False)])
+        self.assertOwnerToldClosingThenLost(link, "refused: client refused: wrong token", False)
 
     def test_lostWithoutClose(self):
         """A link lost with no close of its own gives the owner the transport's reason."""
         link = serverLink(self.clock, self.calls)
-        loseLink(link, Failure(ConnectionLost("reset by peer")))
+        failure = Failure(ConnectionLost("reset by peer"))
+        loseLink(link, failure)
         self.assertEqual(self.callsOf("owner"),
-                         [("linkLost", link, Failure(ConnectionLost("reset by peer")).getErrorMessage(),
-                           False)])
+                         [("linkLost", link, failure.getErrorMessage(), False)])
 
 
 class LossTests(LinkTestCase):
@@ -573,7 +579,7 @@ class InternalErrorTests(LinkTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertIn("203.0.113.9:40000", " ".join(formatEvent(e) for e in events))
         loseLink(link)
-        self.assertEqual(self.callsOf("owner"), [("linkLost", link, "internal error", False)])
+        self.assertOwnerToldClosingThenLost(link, "internal error", False)
 
     def test_faultyOwner(self):
         """An owner raising while it authenticates fails the link the same way."""

@@ -225,6 +225,18 @@ class CloseReasonTests(PublicTestCase):
         self.flush()
         self.assertEqual(target.transport.value(), b"still here")
 
+    def test_closingClientTakesNoNewChannel(self):
+        """A client whose link is closing but not yet gone is given no new channel; another is."""
+        other, _, other_pump = self.connectClient()
+        self.server.kick_client(self.slink.owner.session.client_id)
+        self.assertEqual(self.slink.owner.session.state, CLOSED)
+        user = PublicFactory(self.server, self.mapping).buildProtocol(USER)
+        user.makeConnection(EndTransport(peerAddress=USER))
+        self.assertEqual(user.record.client_id, other.owner.session.client_id)
+        self.assertFalse(user.transport.disconnecting)
+        self.flush()
+        self.assertEqual([r["close_reason"] for r in self.store.clients], [CLOSED_BY_ADMIN])
+
     def test_linkTakesNoChannel(self):
         """A client whose link takes no new channel (the server drains it): no client."""
         self.openChannel()

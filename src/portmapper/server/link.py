@@ -3,7 +3,8 @@ The server's side of a tunnel link: one ``ServerLinkHandler`` per connected
 client, the :class:`~portmapper.transport.link.ILinkOwner` of its link.
 
 It checks the client's proof of the shared token, admits the client into
-the registry under its tag, and tells the server when the link is gone.
+the registry under its tag, takes it out of service once its link starts
+closing, and tells the server when the link is gone.
 Channels are opened on the link by the public ports (``public.py``).
 What it asks of the server is :class:`ILinkServer`.
 """
@@ -14,7 +15,7 @@ from zope.interface import Attribute, Interface, implementer
 from portmapper.protocol import auth
 from portmapper.protocol.connection import SERVER, Connection
 from portmapper.protocol.frames import AUTH_SHARED_TOKEN
-from portmapper.server.registry import PROTOCOL_ERROR
+from portmapper.server.registry import CLOSED, PROTOCOL_ERROR
 from portmapper.transport.link import ILinkOwner, LinkProtocol
 
 
@@ -68,10 +69,14 @@ class ServerLinkHandler:
         if self.session is not None:
             self.server.clientDraining(self.session)
 
-    def linkLost(self, link, reason, protocol_error):
+    def linkClosing(self, link, reason, protocol_error):
         if self.session is not None:
             if protocol_error:
                 self.session.closing(PROTOCOL_ERROR)
+            self.session.state = CLOSED  # given no new channel while the connection goes
+
+    def linkLost(self, link, reason, protocol_error):
+        if self.session is not None:
             self.server.clientDisconnected(self.session, reason)
 
 

@@ -48,6 +48,12 @@ class ILinkOwner(Interface):
     def draining(link, reason):
         """The peer takes no new channels and opens none; the open ones carry on."""
 
+    def linkClosing(link, reason, protocol_error):
+        """
+        The link is closing (``reason``, a sentence; ``protocol_error`` if the
+        peer broke the protocol): it takes no new channels; linkLost follows.
+        """
+
     def linkLost(link, reason, protocol_error):
         """The link is gone (``reason``, a sentence; ``protocol_error`` if the peer broke the protocol)."""
 
@@ -263,6 +269,7 @@ class LinkProtocol(Protocol):
                      reason=event.reason)
         if self._close_reason is None:
             self._close_reason = event.reason
+        self.owner.linkClosing(self, self._close_reason, self.connection.protocol_error)
         out = self.connection.data_to_send()  # the GOAWAY, before the connection closes
         if out:
             self._writeSequence(out)
