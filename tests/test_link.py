@@ -440,6 +440,62 @@ class CloseTests(LinkTestCase):
                          [("linkLost", link, failure.getErrorMessage(), False)])
 
 
+class DrainTests(LinkTestCase):
+    """A draining link takes no new channel and closes once its last one is gone, however it went."""
+
+    def drainingLink(self, opened=True):
+        """A server link with one channel (``opened`` or not), told to drain: (link, channel id)."""
+        link = serverLink(self.clock, self.calls)
+        end = RecordingEnd(self.calls, "end")
+        channel_id = openChannel(link, end) if opened else link.openChannel(end, "10.1.2.3", 22)
+        written(link)
+        link.goAway("stopping")
+        self.assertEqual(written(link), [goaway("stopping", GOAWAY_DRAINING)])
+        self.assertRaises(LinkUnavailable, link.openChannel, RecordingEnd(self.calls, "late"),
+                          "10.1.2.3", 22)
+        self.assertFalse(link.transport.disconnecting)
+        return link, channel_id
+
+    def assertDrained(self, link):
+        self.assertEqual(written(link)[-1:], [goaway("drained")])
+        self.assertTrue(link.transport.disconnecting)
+
+    def test_drainedByOwnReset(self):
+        """The last channel reset here closes the draining link."""
+        link, channel_id = self.drainingLink()
+        link.resetChannel(channel_id, "timeout")
+        self.assertDrained(link)
+
+    def test_drainedByCleanEnd(self):
+        """The last channel ending cleanly both ways closes the draining link."""
+        link, channel_id = self.drainingLink()
+        link.channelEOF(channel_id)
+        link.dataReceived(frames.encode(FIN, channel_id))
+        link.channelClosed(channel_id, "done")
+        self.assertDrained(link)
+
+    def test_drainedByPeerReset(self):
+        """The last channel reset by the peer closes the draining link."""
+        link, channel_id = self.drainingLink()
+        link.dataReceived(frames.reason_frame(RESET, channel_id, "target gone"))
+        self.assertDrained(link)
+
+    def test_drainedByOpenFail(self):
+        """The last channel failing to open closes the draining link."""
+        link, channel_id = self.drainingLink(opened=False)
+        link.dataReceived(frames.open_fail(channel_id, frames.FAIL_REFUSED, "no"))
+        self.assertDrained(link)
+
+    def test_drainedByRefusal(self):
+        """A draining client refusing its last channel closes the link."""
+        link = clientLink(self.clock, self.calls)
+        link.dataReceived(frames.open_channel(3, WINDOW_SIZE, "10.1.2.3", 22))
+        link.goAway("stopping")
+        written(link)
+        link.refuseChannel(3, frames.FAIL_REFUSED, "no")
+        self.assertDrained(link)
+
+
 class LossTests(LinkTestCase):
     """A lost link tells its owner first, then every channel end."""
 

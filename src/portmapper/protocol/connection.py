@@ -565,6 +565,7 @@ class Connection:
             code = frames.FAIL_REFUSED
         self._forget(ch)
         self._events.append(ChannelOpenFailed(channel_id, code, reason))
+        self._close_if_drained()
 
     def _on_window(self, channel_id, payload):
         increment = frames.parse_u32(payload, "WINDOW")
@@ -592,6 +593,7 @@ class Connection:
         if ch is not None:
             self._forget(ch)
             self._events.append(ChannelReset(channel_id, frames.parse_reason(payload)))
+            self._close_if_drained()
 
     def _on_ping(self, channel_id, payload):
         if len(payload) != PING_SIZE:
@@ -672,6 +674,7 @@ class Connection:
             return
         self._forget(ch)
         self._send(frames.open_fail(channel_id, code, reason))
+        self._close_if_drained()
 
     # -- channels: the local side ----------------------------------------------------
 
