@@ -95,6 +95,12 @@ class AgentTests(SynchronousTestCase):
         self.assertIn("before OPEN_OK", frames.parse_goaway(payload)[1])
         self.assertTrue(self.link.transport.disconnecting)
 
+    def test_openWithProtocolError(self):
+        """An OPEN read together with a protocol error dials nothing."""
+        self.link.dataReceived(openFrame(3) + b"\xff" * 9)
+        self.assertEqual([f[0] for f in written(self.link)], [GOAWAY])
+        self.assertEqual(self.reactor.tcpClients, [])
+
     def test_allowListDenies(self):
         """A target outside the allow-list is refused with code DENIED and never dialled."""
         link = establishedClient(self.reactor, allow=AllowList.parse("192.168.0.0/16:22"))

@@ -309,6 +309,16 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(server.connected, [])
         self.assertEqual(slink.connection.channels, {})
 
+    def test_rightAuthWithProtocolError(self):
+        """A right AUTH read together with a protocol error admits nobody."""
+        server, slink, nonce = connectServer(self.clock)
+        slink.dataReceived(authFrame(nonce) + frames.open_channel(1, 4096, "10.0.0.1", 22))
+        [(ftype, _, payload)] = written(slink)
+        self.assertEqual(frames.parse_goaway(payload),
+                         (GOAWAY_CLOSING, "protocol error: expected AUTH, got OPEN"))
+        self.assertEqual(server.connected, [])
+        self.assertEqual(server.registry.clients, {})
+
     def test_openBeforeAuth(self):
         """An OPEN before AUTH ends the link as a protocol error, admitting nobody."""
         server, slink, nonce = connectServer(self.clock)

@@ -240,11 +240,16 @@ class LinkProtocol(Protocol):
         if end is not None:
             end.openFailed(event.code, event.reason)
 
+    # A request read together with frames that closed the link is void: a
+    # closing link admits nobody and has nothing dialled.
+
     def _onOpenRequested(self, event):
-        self.owner.openRequested(self, event.channel_id, event.host, event.port)
+        if not self.connection.closed:
+            self.owner.openRequested(self, event.channel_id, event.host, event.port)
 
     def _onAuth(self, event):
-        self.owner.authenticate(self, event.method, event.proof, event.tag, event.nonce)
+        if not self.connection.closed:
+            self.owner.authenticate(self, event.method, event.proof, event.tag, event.nonce)
 
     def _onWelcomed(self, event):
         self.owner.welcomed(self, event.client_id)
