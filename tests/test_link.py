@@ -646,6 +646,16 @@ class InternalErrorTests(LinkTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
 
+    def test_faultOnTick(self):
+        """A fault met on a timer tick is logged and fails the link; it does not reach the reactor."""
+        link = serverLink(self.clock, self.calls)
+        link.connection.tick = lambda now: 1 / 0
+        self.clock.advance(PING_INTERVAL)
+        self.assertEqual(written(link), [goaway("internal error")])
+        self.assertTrue(link.transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
 class ChannelEndTests(LinkTestCase):
     """A real ChannelEnd: its socket's reads, EOF, buffer and loss drive its channel."""
 

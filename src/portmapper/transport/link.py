@@ -140,13 +140,16 @@ class LinkProtocol(Protocol):
         self._schedule()
 
     def dataReceived(self, data):
-        conn = self.connection
+        self._step(self.connection.receive_data, data, self.clock.seconds())
+
+    def _step(self, step, *args):
+        """Feed the core one step and apply its output; a fault there is logged and ends the link."""
         try:
-            conn.receive_data(data, self.clock.seconds())
+            step(*args)
             self._apply()
         except Exception:
-            log.failure("unexpected error handling frames from {peer}", peer=self.peerText())
-            conn.fail("internal error")
+            log.failure("unexpected error on the tunnel link to {peer}", peer=self.peerText())
+            self.connection.fail("internal error")
             self._apply()
 
     def connectionLost(self, reason):
@@ -296,8 +299,7 @@ class LinkProtocol(Protocol):
 
     def _tick(self):
         self._timer = None
-        self.connection.tick(self.clock.seconds())
-        self._apply()
+        self._step(self.connection.tick, self.clock.seconds())
         self._schedule()
 
     # -- for the owner -------------------------------------------------------------
