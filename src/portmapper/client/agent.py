@@ -119,6 +119,9 @@ class ClientLinkHandler:
     def draining(self, link, reason):
         pass  # the server opens no new channels here; the open ones carry on
 
+    def linkClosing(self, link, reason, protocol_error):
+        pass  # linkLost follows, and cancels what is under way
+
     def linkLost(self, link, reason, protocol_error):
         for dial in list(self._dials.values()):
             dial.cancel()

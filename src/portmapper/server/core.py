@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from portmapper.errors import MappingExists, PortUnavailable, UnknownChannel, UnknownClient, UnknownMapping
 from portmapper.server.interfaces import IPortMapperServer
+from portmapper.server.link import ILinkServer
 from portmapper.server.public import PublicFactory
 from portmapper.server.registry import (
     CLOSED, CLOSED_BY_ADMIN, DRAINING, MAPPING_DELETED, NO_CLIENT, PROTOCOL_ERROR,
@@ -38,7 +39,7 @@ PUBLIC_BACKLOG = 1024
 _WORTH_LOGGING = {NO_CLIENT, TARGET_REFUSED, TIMEOUT, PROTOCOL_ERROR}
 
 
-@implementer(IPortMapperServer)
+@implementer(IPortMapperServer, ILinkServer)
 class PortMapperServer(Service):
     """The live state over ``store`` (a started Store), with ``settings`` and ``reactor``."""
 

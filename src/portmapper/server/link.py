@@ -3,23 +3,41 @@ The server's side of a tunnel link: one ``ServerLinkHandler`` per connected
 client, the :class:`~portmapper.transport.link.ILinkOwner` of its link.
 
 It checks the client's proof of the shared token, admits the client into
-the registry under its tag, and tells the server when the link is gone.
+the registry under its tag, takes it out of service once its link starts
+closing, and tells the server when the link is gone.
 Channels are opened on the link by the public ports (``public.py``).
+What it asks of the server is :class:`ILinkServer`.
 """
 
 from twisted.internet.protocol import Factory
-from zope.interface import implementer
+from zope.interface import Attribute, Interface, implementer
 
 from portmapper.protocol import auth
 from portmapper.protocol.connection import SERVER, Connection
 from portmapper.protocol.frames import AUTH_SHARED_TOKEN
-from portmapper.server.registry import PROTOCOL_ERROR
+from portmapper.server.registry import CLOSED, PROTOCOL_ERROR
 from portmapper.transport.link import ILinkOwner, LinkProtocol
+
+
+class ILinkServer(Interface):
+    """What the links of tunnel clients ask of the server."""
+
+    settings = Attribute("The ServerSettings: token, windows, keepalive and handshake timeouts.")
+    clock = Attribute("The IReactorTime the links take the time and their timers from.")
+
+    def clientConnected(link, ip, port, tag):
+        """A client at ``ip:port`` proved the token for ``tag``: admit it; returns its ClientSession."""
+
+    def clientDraining(session):
+        """The client takes no new channels; its open ones carry on."""
+
+    def clientDisconnected(session, reason):
+        """The client's link is gone (``reason``, a sentence)."""
 
 
 @implementer(ILinkOwner)
 class ServerLinkHandler:
-    """What one client's link asks of the server."""
+    """What one client's link asks of the server (an :class:`ILinkServer`)."""
 
     def __init__(self, server):
         self.server = server
@@ -51,10 +69,14 @@ class ServerLinkHandler:
         if self.session is not None:
             self.server.clientDraining(self.session)
 
-    def linkLost(self, link, reason, protocol_error):
+    def linkClosing(self, link, reason, protocol_error):
         if self.session is not None:
             if protocol_error:
                 self.session.closing(PROTOCOL_ERROR)
+            self.session.state = CLOSED  # given no new channel while the connection goes
+
+    def linkLost(self, link, reason, protocol_error):
+        if self.session is not None:
             self.server.clientDisconnected(self.session, reason)
 
 

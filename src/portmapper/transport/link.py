@@ -51,6 +51,12 @@ class ILinkOwner(Interface):
     def draining(link, reason):
         """The peer takes no new channels and opens none; the open ones carry on."""
 
+    def linkClosing(link, reason, protocol_error):
+        """
+        The link is closing (``reason``, a sentence; ``protocol_error`` if the
+        peer broke the protocol): it takes no new channels; linkLost follows.
+        """
+
     def linkLost(link, reason, protocol_error):
         """The link is gone (``reason``, a sentence; ``protocol_error`` if the peer broke the protocol)."""
 
@@ -60,6 +66,9 @@ class IChannelEnd(Interface):
 
     link = Attribute("The LinkProtocol carrying this channel (set when the channel is added).")
     channel_id = Attribute("The channel's id on that link.")
+
+    def channelAdded():
+        """The link carries the channel from now on (``link`` and ``channel_id`` are set)."""
 
     def deliver(data):
         """Write bytes that arrived on the channel to the local socket."""
@@ -134,13 +143,16 @@ class LinkProtocol(Protocol):
         self._schedule()
 
     def dataReceived(self, data):
-        conn = self.connection
+        self._step(self.connection.receive_data, data, self.clock.seconds())
+
+    def _step(self, step, *args):
+        """Feed the core one step and apply its output; a fault there is logged and ends the link."""
         try:
-            conn.receive_data(data, self.clock.seconds())
+            step(*args)
             self._apply()
         except Exception:
-            log.failure("unexpected error handling frames from {peer}", peer=self.peerText())
-            conn.fail("internal error")
+            log.failure("unexpected error on the tunnel link to {peer}", peer=self.peerText())
+            self.connection.fail("internal error")
             self._apply()
 
     def connectionLost(self, reason):
@@ -234,11 +246,17 @@ class LinkProtocol(Protocol):
         if end is not None:
             end.openFailed(event.code, event.reason)
 
+    # A request read together with frames that closed the link is void: a
+    # closing link admits nobody and has nothing dialled.
+
     def _onOpenRequested(self, event):
-        self.owner.openRequested(self, event.channel_id, event.host, event.port, event.preamble)
+        if not self.connection.closed:
+            self.owner.openRequested(self, event.channel_id, event.host, event.port,
+                                     event.preamble)
 
     def _onAuth(self, event):
-        self.owner.authenticate(self, event.method, event.proof, event.tag, event.nonce)
+        if not self.connection.closed:
+            self.owner.authenticate(self, event.method, event.proof, event.tag, event.nonce)
 
     def _onWelcomed(self, event):
         self.owner.welcomed(self, event.client_id)
@@ -263,6 +281,7 @@ class LinkProtocol(Protocol):
                      reason=event.reason)
         if self._close_reason is None:
             self._close_reason = event.reason
+        self.owner.linkClosing(self, self._close_reason, self.connection.protocol_error)
         out = self.connection.data_to_send()  # the GOAWAY, before the connection closes
         if out:
             self._writeSequence(out)
@@ -284,8 +303,7 @@ class LinkProtocol(Protocol):
 
     def _tick(self):
         self._timer = None
-        self.connection.tick(self.clock.seconds())
-        self._apply()
+        self._step(self.connection.tick, self.clock.seconds())
         self._schedule()
 
     # -- for the owner -------------------------------------------------------------
