@@ -68,7 +68,8 @@ class DrainTests(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.running = yield Running(self, self.mktemp(), extra=("--drain-timeout", "20")).start()
+        self.data_dir = self.mktemp()
+        self.running = yield Running(self, self.data_dir, extra=("--drain-timeout", "20")).start()
         self.server = self.running.server
         self.backend = Backend(PacedSource)
         self.public = yield self.running.map(self.backend.listen(self))
@@ -104,7 +105,7 @@ class DrainTests(TestCase):
 
     @inlineCallbacks
     def test_stopping_server_cuts_no_user(self):
-        """A server stopped mid-stream stops taking users but lets its 30 users' streams complete."""
+        """A server stopped mid-stream lets its 30 users' streams complete; history says 'server stopped'."""
         start_client(self, self.server.client_port)
         yield self.linked(1)
         users = start_users(self.public, 30)
@@ -113,3 +114,8 @@ class DrainTests(TestCase):
         results = yield gatherResults([user.done for user in users])
         yield stopped
         self.assertEqual(results, [(CHUNK * CHUNKS, True)] * 30)
+        again = yield Running(self, self.data_dir).start()
+        code, body = yield again.api("GET", "/client_history")
+        self.assertEqual([row["close_reason"] for row in body["history"]], ["server stopped"])
+        code, body = yield again.api("GET", "/channel_history")
+        self.assertEqual({row["close_reason"] for row in body["history"]}, {"target closed"})
