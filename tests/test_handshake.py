@@ -387,6 +387,16 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(server.draining, [session])
         self.assertEqual(server.disconnected, [(session, "closed by the peer: drained")])
 
+    def test_clientStopsAtOnceWhenItsLinkIsGone(self):
+        """A client service whose link the server dropped stops at once: nothing to drain."""
+        server, slink, clink, pump = connectPair(self.clock)
+        slink.close("closed by admin")
+        pump.flush()
+        self.assertEqual(len(server.disconnected), 1)
+        stopped = LinkService(None, clink.owner.factory, 5.0, self.clock).stopService()
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_protocolErrorAfterWelcome(self):
         """An admitted client breaking the protocol is closed, and its channels' reason says so."""
         server, slink, clink, pump = connectPair(self.clock)
