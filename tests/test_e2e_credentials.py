@@ -23,7 +23,8 @@ class CredentialTests(TestCase):
 
     @inlineCallbacks
     def setUp(self):
-        self.running = yield Running(self, self.mktemp()).start()
+        self.data_dir = self.mktemp()
+        self.running = yield Running(self, self.data_dir).start()
         self.server = self.running.server
         self.refusals = logged(self, "tunnel link to {peer} refused", "reason")
         code, body = yield self.running.api("POST", "/credential", tag=TAG, name="router-1")
@@ -95,3 +96,26 @@ class CredentialTests(TestCase):
         code, body = yield self.running.api("DELETE", "/credential",
                                             credential_id=str(self.credential_id))
         self.assertEqual(code, 404)
+
+    @inlineCallbacks
+    def test_keptAcrossRestart(self):
+        """After a restart, a credential still links its client, a revoked one is still refused,
+        and ids go on after the highest one."""
+        code, body = yield self.running.api("POST", "/credential", tag="lab")
+        revoked, revoked_token = body["credential"]["credential_id"], body["credential"]["token"]
+        yield self.running.api("DELETE", "/credential", credential_id=str(revoked))
+        client_port = self.server.client_port
+        yield self.running.stop()
+
+        self.running = yield Running(self, self.data_dir, client_port=client_port).start()
+        self.server = self.running.server
+        client_id = yield self.linked()
+        self.assertEqual(self.server.registry.clients[client_id].credential_id, self.credential_id)
+        code, credentials = yield self.running.api("GET", "/credential")
+        self.assertEqual(list(credentials), [str(self.credential_id)])
+        code, body = yield self.running.api("POST", "/credential", tag="lab")
+        self.assertEqual(body["credential"]["credential_id"], revoked + 1)
+
+        start_client(self, client_port, "--tag", "lab", token=revoked_token)
+        yield wait_for(lambda: "credential revoked" in self.refusals, what="the refusal")
+        self.assertEqual(list(self.server.registry.clients), [client_id])
