@@ -219,7 +219,6 @@ class LinkService(ClientService):
     @inlineCallbacks
     def stopService(self):
         link = self.link_factory.link
-        # A link already gone (the service waits to dial again) has nothing to drain.
         if link is not None and link.connection.established and not link.connection.closed:
             open_channels = len(link.connection.channels)
             if open_channels:
