@@ -204,7 +204,8 @@ class Connection:
     One end of a tunnel link, sans I/O (see the module docstring).
 
     ``role`` is ``SERVER`` (greets, authenticates, opens channels) or
-    ``CLIENT`` (proves the ``token`` for ``tag``, accepts channels).
+    ``CLIENT`` (proves the ``token`` for ``tag``, accepts channels; a
+    credential token proves with its key, see :mod:`~portmapper.protocol.auth`).
     ``meter`` counts the link's bytes (``recv_bytes``, ``send_bytes``).
     """
 
@@ -416,7 +417,7 @@ class Connection:
                 raise ProtocolError(f"the server speaks protocol version {version}, "
                                     f"this client {PROTOCOL_VERSION}")
             self._hello_seen = True
-            method, proof = frames.AUTH_SHARED_TOKEN, auth.proof(self._token, nonce, self._tag)
+            method, proof = auth.client_proof(self._token, nonce, self._tag)
             self._send(frames.auth(method, proof, self._tag))
         elif ftype == WELCOME and self._hello_seen:
             self.client_id = frames.parse_u32(payload, "WELCOME")

@@ -1,0 +1,1 @@
+-- Placeholder for schema version 4, which another change defines; replaced at merge.
