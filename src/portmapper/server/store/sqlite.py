@@ -208,7 +208,7 @@ class Store:
             self._conn.execute(sql, args)
 
     # -- credentials -----------------------------------------------------------
-    # Only public keys are stored (see upgrade-5.sql); ids come from SQLite's
+    # Only public keys are stored (see upgrade-3.sql); ids come from SQLite's
     # AUTOINCREMENT, so a revoked credential's id is never handed out again.
 
     def load_credentials(self):

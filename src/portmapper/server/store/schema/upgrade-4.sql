@@ -1,1 +1,0 @@
--- Placeholder for schema version 4, which another change defines; replaced at merge.
