@@ -34,6 +34,8 @@ from portmapper.errors import (
 )
 from portmapper.server import console
 from portmapper.server.meter import MB
+from portmapper.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from portmapper.server.metrics import ServerMetrics
 
 log = Logger()
 
@@ -154,14 +156,17 @@ class AdminAPI:
     """The admin API over ``server``, an
     :class:`~portmapper.server.interfaces.IPortMapperServer` (see the module
     docstring); with ``admin_token`` set, every request needs
-    ``Authorization: Bearer <token>``."""
+    ``Authorization: Bearer <token>``.  ``metrics`` (a
+    :class:`~portmapper.server.metrics.ServerMetrics`) is what ``GET
+    /metrics`` serves; by default, metrics of the live state alone."""
 
     app = Klein()
 
-    def __init__(self, server, admin_token=None):
+    def __init__(self, server, admin_token=None, metrics=None):
         if admin_token is not None and not admin_token:
             raise ValueError("An empty admin token would protect nothing; give a token or None.")
         self._server = server
+        self._metrics = metrics if metrics is not None else ServerMetrics(server)
         self._token = admin_token.encode("utf-8") if isinstance(admin_token, str) else admin_token
 
     def _authorize(self, request):
@@ -220,6 +225,15 @@ class AdminAPI:
     @app.route("/ui/<name>", methods=["GET"])
     def get_ui(self, request, name):
         return console.asset(request, name)
+
+    # -- observability ----------------------------------------------------------
+
+    @app.route("/metrics", methods=["GET"])
+    def get_metrics(self, request):
+        """Prometheus text, read from the live state at this moment (server/metrics.py)."""
+        self._authorize(request)
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
+        return self._metrics.exposition()
 
     # -- ports and mappings ---------------------------------------------------
 

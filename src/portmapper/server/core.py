@@ -26,6 +26,7 @@ from zope.interface import implementer
 from portmapper.errors import MappingExists, PortUnavailable, UnknownChannel, UnknownClient, UnknownMapping
 from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.link import ILinkServer
+from portmapper.server.metrics import ServerMetrics
 from portmapper.server.public import PublicFactory
 from portmapper.server.registry import (
     CLOSED, CLOSED_BY_ADMIN, DRAINING, MAPPING_DELETED, NO_CLIENT, PROTOCOL_ERROR,
@@ -49,6 +50,7 @@ class PortMapperServer(Service):
         self.clock = reactor
         self.store = store
         self.registry = Registry()
+        self.metrics = ServerMetrics(self)  # served at GET /metrics
         self.client_port = None  # the port number clients dial, once listening
         self.admin_address = None  # IAddress of the admin API, once listening
         self._creating = set()  # public ports whose creation is under way
@@ -206,6 +208,7 @@ class PortMapperServer(Service):
         self.registry.clients.pop(session.client_id, None)
         session.state = CLOSED
         why = session.lost_reason()
+        self.metrics.client_closed(session)
         meter = session.meter
         self.store.record_client({
             "client_id": session.client_id, "ip": session.ip, "port": session.port,
@@ -215,12 +218,16 @@ class PortMapperServer(Service):
         log.info("client {client_id} disconnected: {why} ({reason})",
                  client_id=session.client_id, why=why, reason=reason)
 
+    def handshakeFailed(self, kind):
+        self.metrics.handshake_failed(kind)
+
     def channelClosed(self, record):
         self.registry.channels.pop(record.channel_id, None)
         session = self.registry.clients.get(record.client_id)
         if session is not None:
             session.channels.discard(record.channel_id)
         record.close_reason = reason = record.decide_close_reason()
+        self.metrics.channel_closed(record, reason)
         if not self.registry.channels:
             waiters, self._drain_waiters = self._drain_waiters, []
             for done in waiters:

@@ -88,7 +88,7 @@ def build(settings, reactor):
                   history_max_rows=settings.history_max_rows,
                   history_max_age=settings.history_max_age)
     server = PortMapperServer(settings, reactor, store)
-    site = AdminSite(AdminAPI(server, settings.admin_token).app.resource())
+    site = AdminSite(AdminAPI(server, settings.admin_token, metrics=server.metrics).app.resource())
 
     service = InOrder()
     for name, child in [
@@ -97,7 +97,8 @@ def build(settings, reactor):
         ("client-port", Listener(link_server_endpoint(reactor, settings.client_port),
                                  ServerLinkFactory(server), server.clientPortListening)),
         ("admin", Listener(serverFromString(reactor, settings.admin), site, server.adminListening)),
-        ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval)),
+        ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval,
+                            observe=server.metrics.sampler_tick.observe)),
     ]:
         child.setName(name)
         child.setServiceParent(service)
