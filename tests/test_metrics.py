@@ -18,6 +18,7 @@ from portmapper.server import metrics
 from portmapper.server.admin import AdminAPI
 from portmapper.server.registry import CLIENT_LOST, USER_CLOSED
 from tests.e2e import Backend, Echo, Running, connect, in_thread, recv_exactly, start_client, wait_for
+from tests.openapi_check import RecordingStubTreq
 from tests.test_admin import AdminTestCase
 
 
@@ -40,8 +41,8 @@ class MetricsEndpointTests(AdminTestCase):
     def setUp(self):
         super().setUp()
         self.metrics = metrics.ServerMetrics(self.server)
-        self.stub = StubTreq(
-            AdminAPI(self.server, admin_token=self.token, metrics=self.metrics).app.resource())
+        self.stub = RecordingStubTreq(
+            self, AdminAPI(self.server, admin_token=self.token, metrics=self.metrics).app.resource())
 
     def scrape(self, headers=None):
         response = self.successResultOf(self.stub.get("http://admin/metrics", headers=headers))

@@ -28,11 +28,11 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as NoRoute
 
-from portmapper import validate
+from portmapper import __version__, validate
 from portmapper.errors import (
     BadParameter, PortMapperError, Unauthorized, UnknownChannel, UnknownClient, UnknownMapping,
 )
-from portmapper.server import console
+from portmapper.server import console, openapi
 from portmapper.server.meter import MB
 from portmapper.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from portmapper.server.metrics import ServerMetrics
@@ -44,6 +44,7 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
 
 _REQUIRED = object()
+_OPENAPI = openapi.document(__version__)
 
 
 # -- parameters ---------------------------------------------------------------
@@ -234,6 +235,11 @@ class AdminAPI:
         self._authorize(request)
         request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
         return self._metrics.exposition()
+
+    @app.route("/openapi.json", methods=["GET"])
+    def get_openapi(self, request):
+        """This API's OpenAPI document (server/openapi.py); like the page, it holds no data."""
+        return _render(request, _OPENAPI)
 
     # -- ports and mappings ---------------------------------------------------
 
