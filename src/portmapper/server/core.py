@@ -27,6 +27,7 @@ from portmapper.errors import MappingExists, PortUnavailable, UnknownChannel, Un
 from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.link import ILinkServer
 from portmapper.server.metrics import ServerMetrics
+from portmapper.server.webhooks import CLIENT_LINKED, CLIENT_LOST, Webhooks
 from portmapper.server.public import PublicFactory
 from portmapper.server.registry import (
     CLOSED, CLOSED_BY_ADMIN, DRAINING, MAPPING_DELETED, NO_CLIENT, PROTOCOL_ERROR,
@@ -42,15 +43,17 @@ _WORTH_LOGGING = {NO_CLIENT, TARGET_REFUSED, TIMEOUT, PROTOCOL_ERROR}
 
 @implementer(IPortMapperServer, ILinkServer)
 class PortMapperServer(Service):
-    """The live state over ``store`` (a started Store), with ``settings`` and ``reactor``."""
+    """The live state over ``store`` (a started Store), with ``settings`` and ``reactor``;
+    alerts go to ``webhooks`` (a :class:`~portmapper.server.webhooks.Webhooks`), if given."""
 
-    def __init__(self, settings, reactor, store):
+    def __init__(self, settings, reactor, store, webhooks=None):
         self.settings = settings
         self.reactor = reactor
         self.clock = reactor
         self.store = store
         self.registry = Registry()
         self.metrics = ServerMetrics(self)  # served at GET /metrics
+        self.webhooks = webhooks if webhooks is not None else Webhooks((), reactor)
         self.client_port = None  # the port number clients dial, once listening
         self.admin_address = None  # IAddress of the admin API, once listening
         self._creating = set()  # public ports whose creation is under way
@@ -197,6 +200,7 @@ class PortMapperServer(Service):
         session = self.registry.new_client(ip, port, tag, self.clock.seconds(), link)
         log.info("client {client_id} connected from {ip}:{port} with tag {tag}",
                  client_id=session.client_id, ip=ip, port=port, tag=tag)
+        self.webhooks.notify(CLIENT_LINKED, client_id=session.client_id, tag=tag, ip=ip, port=port)
         return session
 
     def clientDraining(self, session):
@@ -217,6 +221,9 @@ class PortMapperServer(Service):
         })
         log.info("client {client_id} disconnected: {why} ({reason})",
                  client_id=session.client_id, why=why, reason=reason)
+        self.webhooks.notify(CLIENT_LOST, client_id=session.client_id, tag=session.tag,
+                             ip=session.ip, port=session.port, reason=why,
+                             duration_time=int(meter.age(self.clock.seconds())))
 
     def handshakeFailed(self, kind):
         self.metrics.handshake_failed(kind)
@@ -243,6 +250,10 @@ class PortMapperServer(Service):
             "close_time": record.close_time, "recv_bytes": meter.recv_bytes,
             "send_bytes": meter.send_bytes, "close_reason": reason,
         })
+        if reason == NO_CLIENT:
+            mapping = self.registry.mappings.get(record.public_port)
+            if mapping is not None:
+                self.webhooks.no_client(record.public_port, mapping.tag)
         if reason in _WORTH_LOGGING:
             log.info("channel {channel_id} on port {port} closed: {reason}",
                      channel_id=record.channel_id, port=record.public_port, reason=reason)
