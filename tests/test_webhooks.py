@@ -69,12 +69,19 @@ class DeliveryTests(WebhooksTestCase):
         self.assertEqual(receiver.bodies, [{"event": "client linked", "time": "2018-07-04T10:12:38+00:00",
                                             "client_id": 3, "tag": "office"}])
 
+    def test_refusals(self):
+        """The policies' hook posts a 'refusals' alert with the port, reason and count."""
+        receiver = Receiver()
+        self.start(receiver).refusals(5555, "denied", 12)
+        self.assertEqual(receiver.bodies, [{"event": "refusals", "time": "2018-07-04T10:12:38+00:00",
+                                            "port": 5555, "reason": "denied", "count": 12}])
+
     def test_in_order(self):
         """Alerts reach the receiver in the order they were raised."""
         receiver = Receiver()
         hooks = self.start(receiver)
         for n in range(5):
-            hooks.notify("refusals", port=5555, reason="denied", count=n)
+            hooks.refusals(5555, "denied", n)
         self.assertEqual([body["count"] for body in receiver.bodies], [0, 1, 2, 3, 4])
 
     def test_retried_after_500(self):

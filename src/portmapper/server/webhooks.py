@@ -1,10 +1,10 @@
 """
 Alerts: a JSON POST to each ``--webhook`` URL on the events an operator acts on.
 
-The server calls :meth:`Webhooks.notify` (``client linked``, ``client
-lost``, ``refusals``) and :meth:`Webhooks.no_client` (a mapping asked for
+The server (``server.webhooks``) calls :meth:`Webhooks.notify` (``client
+linked``, ``client lost``), :meth:`Webhooks.no_client` (a mapping asked for
 with no client for its tag, at most once per :data:`NO_CLIENT_INTERVAL` per
-port).  Each URL has its own :class:`_Sink`: a bounded queue (the oldest
+port) and :meth:`Webhooks.refusals` (a burst of users refused by a policy).  Each URL has its own :class:`_Sink`: a bounded queue (the oldest
 alert is dropped when it is full, and the drops are counted in the log), one
 POST in flight at a time with a timeout, retried with exponential backoff
 on a failure or a non-2xx status, then given up.  Nothing here blocks or
@@ -88,6 +88,11 @@ class Webhooks(Service):
             del self._no_client_last[old]
         self._no_client_last[port] = now
         self.notify(NO_CLIENT, port=port, tag=tag)
+
+    def refusals(self, port, reason, count):
+        """A mapping's policy refused ``count`` users of ``port`` for ``reason`` in a burst
+        (the policies' refusal counting decides what a burst is)."""
+        self.notify(REFUSALS, port=port, reason=reason, count=count)
 
     def stopService(self):
         for sink in self._sinks:
