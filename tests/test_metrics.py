@@ -182,6 +182,19 @@ def upload(port, data, expect):
     return s, recv_exactly(s, expect)
 
 
+@inlineCallbacks
+def scrape(running):
+    """The samples of a live server's GET /metrics."""
+    response = yield treq.get(running.admin + "/metrics", persistent=False)
+    return samples((yield treq.text_content(response)))
+
+
+def channel_bytes(found, port):
+    """(recv, send) of ``port``'s channel byte counter."""
+    return tuple(value(found, "portmapper_channel_bytes_total", port=str(port), direction=direction)
+                 for direction in ("recv", "send"))
+
+
 class ScrapeDuringTrafficTests(TestCase):
     """A live server scraped while a channel carries data, and after it closed."""
 
@@ -201,26 +214,18 @@ class ScrapeDuringTrafficTests(TestCase):
         self.addCleanup(sock.close)
         self.assertEqual(len(got), len(data))
 
-        response = yield treq.get(running.admin + "/metrics", persistent=False)
-        during = samples((yield treq.text_content(response)))
+        during = yield scrape(running)
         self.assertEqual(value(during, "portmapper_channels", port=str(public)), 1)
-        self.assertEqual(value(during, "portmapper_channel_bytes_total", port=str(public), direction="recv"),
-                         len(data))
-        self.assertEqual(value(during, "portmapper_channel_bytes_total", port=str(public), direction="send"),
-                         len(data))
+        self.assertEqual(channel_bytes(during, public), (len(data), len(data)))
         self.assertEqual(value(during, "portmapper_clients", tag="default"), 1)
         link_recv = value(during, "portmapper_client_bytes_total", tag="default", direction="recv")
         self.assertGreater(link_recv, len(data))  # the echo came back over the link, framed
 
         sock.shutdown(socket.SHUT_WR)
         yield wait_for(lambda: not server.registry.channels, what="the channel to close")
-        response = yield treq.get(running.admin + "/metrics", persistent=False)
-        after = samples((yield treq.text_content(response)))
+        after = yield scrape(running)
         self.assertEqual(value(after, "portmapper_channels", port=str(public)), 0)
-        self.assertEqual(value(after, "portmapper_channel_bytes_total", port=str(public), direction="recv"),
-                         len(data))
-        self.assertEqual(value(after, "portmapper_channel_bytes_total", port=str(public), direction="send"),
-                         len(data))
+        self.assertEqual(channel_bytes(after, public), (len(data), len(data)))
         self.assertEqual(value(after, "portmapper_channels_closed_total", reason=USER_CLOSED), 1)
         self.assertGreaterEqual(
             value(after, "portmapper_client_bytes_total", tag="default", direction="recv"), link_recv)

@@ -235,7 +235,7 @@ class LoopbackTests(TestCase):
 
     @inlineCallbacks
     def test_server_alerts(self):
-        """A server with --webhook alerts on a client linking, a user finding no client, the client dropped."""
+        """A server with --webhook alerts when a client links, a user finds no client, the client is dropped."""
         receiver = Receiver()
         running = yield Running(self, self.mktemp(),
                                 extra=["--webhook", listen_receiver(self, receiver)]).start()

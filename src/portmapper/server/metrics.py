@@ -61,9 +61,7 @@ class ServerMetrics:
 
     def channel_closed(self, record, reason):
         """The channel ``record`` closed for ``reason``: keep what it carried."""
-        totals = self._channel_bytes[record.public_port]
-        totals[0] += record.meter.recv_bytes
-        totals[1] += record.meter.send_bytes
+        _add(self._channel_bytes[record.public_port], record.meter)
         self._closed[reason] += 1
 
     def client_closed(self, session):
@@ -71,9 +69,7 @@ class ServerMetrics:
         tag = session.tag
         if tag not in self._client_bytes and len(self._client_bytes) >= MAX_TAGS:
             tag = OTHER_TAG
-        totals = self._client_bytes[tag]
-        totals[0] += session.meter.recv_bytes
-        totals[1] += session.meter.send_bytes
+        _add(self._client_bytes[tag], session.meter)
 
     def handshake_failed(self, kind):
         """A link ended before its client was admitted, for one of HANDSHAKE_FAILURES."""
@@ -88,56 +84,57 @@ class ServerMetrics:
     def collect(self):
         """The custom collector's metrics, from the live state and the closed totals now."""
         mappings = self._server.mappings()
-        clients = self._server.clients().values()
-        channels = self._server.channels().values()
-
-        live_clients = Counter({mapping.tag: 0 for mapping in mappings.values()})
-        client_bytes = defaultdict(lambda: [0, 0], {t: list(v) for t, v in self._client_bytes.items()})
-        for client in clients:
-            live_clients[client.tag] += 1
-            totals = client_bytes[client.tag]
-            totals[0] += client.meter.recv_bytes
-            totals[1] += client.meter.send_bytes
-
-        open_channels = Counter({port: 0 for port in mappings})
-        channel_bytes = defaultdict(lambda: [0, 0], {p: list(v) for p, v in self._channel_bytes.items()})
-        for channel in channels:
-            open_channels[channel.public_port] += 1
-            totals = channel_bytes[channel.public_port]
-            totals[0] += channel.meter.recv_bytes
-            totals[1] += channel.meter.send_bytes
-
-        gauge = GaugeMetricFamily("portmapper_clients", "Connected tunnel clients, by tag.", labels=["tag"])
-        for tag in sorted(live_clients):
-            gauge.add_metric([tag], live_clients[tag])
-        yield gauge
-        gauge = GaugeMetricFamily("portmapper_channels", "Open channels, by public port.", labels=["port"])
-        for port in sorted(open_channels):
-            gauge.add_metric([str(port)], open_channels[port])
-        yield gauge
+        clients, client_bytes = _tally(self._server.clients().values(), lambda c: c.tag,
+                                       (m.tag for m in mappings.values()), self._client_bytes)
+        channels, channel_bytes = _tally(self._server.channels().values(), lambda c: c.public_port,
+                                         mappings, self._channel_bytes)
+        yield _family(GaugeMetricFamily, "portmapper_clients", "Connected tunnel clients, by tag.",
+                      "tag", clients)
+        yield _family(GaugeMetricFamily, "portmapper_channels", "Open channels, by public port.",
+                      "port", channels)
         yield _bytes("portmapper_channel_bytes",
                      "Bytes carried by channels, by public port; recv from the users, send to them.",
-                     "port", {str(port): channel_bytes[port] for port in sorted(channel_bytes)})
+                     "port", channel_bytes)
         yield _bytes("portmapper_client_bytes",
                      "Bytes on client links, by tag; recv from the clients, send to them.",
-                     "tag", {tag: client_bytes[tag] for tag in sorted(client_bytes)})
-        yield _counter("portmapper_channels_closed", "Channels closed, by close reason.",
-                       "reason", self._closed)
-        yield _counter("portmapper_handshake_failures",
-                       "Links that ended before their client was admitted, by kind of failure.",
-                       "reason", self._handshake_failures)
+                     "tag", client_bytes)
+        yield _family(CounterMetricFamily, "portmapper_channels_closed",
+                      "Channels closed, by close reason.", "reason", self._closed)
+        yield _family(CounterMetricFamily, "portmapper_handshake_failures",
+                      "Links that ended before their client was admitted, by kind of failure.",
+                      "reason", self._handshake_failures)
+
+
+def _add(totals, meter):
+    totals[0] += meter.recv_bytes
+    totals[1] += meter.send_bytes
+
+
+def _tally(connections, key, known, closed):
+    """
+    ``(open connections by key, every known key at least 0; [recv, send]
+    bytes by key, those of ``closed`` connections added)``.
+    """
+    counts = Counter(dict.fromkeys(known, 0))
+    carried = defaultdict(lambda: [0, 0], {k: list(totals) for k, totals in closed.items()})
+    for connection in connections:
+        counts[key(connection)] += 1
+        _add(carried[key(connection)], connection.meter)
+    return counts, carried
 
 
 def _bytes(name, documentation, label, totals):
     counter = CounterMetricFamily(name, documentation, labels=[label, "direction"])
-    for value, (recv, send) in totals.items():
-        counter.add_metric([value, "recv"], recv)
-        counter.add_metric([value, "send"], send)
+    for value in sorted(totals):
+        recv, send = totals[value]
+        counter.add_metric([str(value), "recv"], recv)
+        counter.add_metric([str(value), "send"], send)
     return counter
 
 
-def _counter(name, documentation, label, counts):
-    counter = CounterMetricFamily(name, documentation, labels=[label])
+def _family(kind, name, documentation, label, counts):
+    """A gauge or counter ``kind`` of ``counts``, one sample per key in order."""
+    family = kind(name, documentation, labels=[label])
     for value in sorted(counts):
-        counter.add_metric([value], counts[value])
-    return counter
+        family.add_metric([str(value)], counts[value])
+    return family

@@ -123,6 +123,12 @@ def operation(summary, params=(), required=(), ok=None, errors=(401, 500), ok_re
     return op
 
 
+def removal(summary, name, schema):
+    """An operation that acts on the one thing its required parameter ``name`` names."""
+    return operation(summary, params=[(name, schema)], required=(name,), ok=ref("Success"),
+                     errors=(400, 401, 404, 500))
+
+
 OPERATIONS = {
     ("GET", "/"): operation(
         "The dashboard page; with Accept: application/json, an index of the endpoints (needs the token).",
@@ -149,16 +155,13 @@ OPERATIONS = {
         params=[("port", PORT), ("mapper_ip", HOST), ("mapper_port", PORT),
                 ("mapper_tag", {**TAG, "default": "default"})],
         required=("port", "mapper_ip", "mapper_port"), ok=ref("Created"), errors=(400, 401, 409, 500)),
-    ("DELETE", "/port_mapper"): operation(
-        "Stop listening on a public port, close its channels, forget the mapping.",
-        params=[("port", PORT)], required=("port",), ok=ref("Success"), errors=(400, 401, 404, 500)),
+    ("DELETE", "/port_mapper"): removal(
+        "Stop listening on a public port, close its channels, forget the mapping.", "port", PORT),
     ("GET", "/client_connection"): operation(
         "The connected clients, or only the one given.",
         params=[("client_id", ID)], ok=ref("Clients"), errors=(400, 401, 404, 500)),
-    ("DELETE", "/client_connection"): operation(
-        "Drop a client's link now; its channels close.",
-        params=[("client_id", ID)], required=("client_id",), ok=ref("Success"),
-        errors=(400, 401, 404, 500)),
+    ("DELETE", "/client_connection"): removal(
+        "Drop a client's link now; its channels close.", "client_id", ID),
     ("GET", "/client_history"): operation(
         "Closed client links, newest first.",
         params=[("client_id", ID), ("limit", LIMIT), ("before", ID)], ok=ref("ClientHistory"),
@@ -167,10 +170,7 @@ OPERATIONS = {
         "Open channels grouped by public port (or one port's); with channel_id, that channel's details.",
         params=[("port", PORT), ("channel_id", ID)],
         ok={"anyOf": [ref("ChannelsByPort"), ref("ChannelById")]}, errors=(400, 401, 404, 500)),
-    ("DELETE", "/channel"): operation(
-        "Close an open channel now, both sides.",
-        params=[("channel_id", ID)], required=("channel_id",), ok=ref("Success"),
-        errors=(400, 401, 404, 500)),
+    ("DELETE", "/channel"): removal("Close an open channel now, both sides.", "channel_id", ID),
     ("GET", "/channel_history"): operation(
         "Closed channels, newest first, filtered by every filter given.",
         params=[("port", PORT), ("client_id", ID), ("channel_id", ID), ("limit", LIMIT), ("before", ID)],

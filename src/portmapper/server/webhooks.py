@@ -4,10 +4,10 @@ Alerts: a JSON POST to each ``--webhook`` URL on the events an operator acts on.
 The server (``server.webhooks``) calls :meth:`Webhooks.notify` (``client
 linked``, ``client lost``), :meth:`Webhooks.no_client` (a mapping asked for
 with no client for its tag, at most once per :data:`NO_CLIENT_INTERVAL` per
-port) and :meth:`Webhooks.refusals` (a burst of users refused by a policy).  Each URL has its own :class:`_Sink`: a bounded queue (the oldest
-alert is dropped when it is full, and the drops are counted in the log), one
-POST in flight at a time with a timeout, retried with exponential backoff
-on a failure or a non-2xx status, then given up.  Nothing here blocks or
+port) and :meth:`Webhooks.refusals` (a burst of users refused by a policy).
+Each URL has its own :class:`_Sink`: a bounded queue (the oldest alert is
+dropped when it is full, and the drops are counted in the log), one POST in
+flight at a time with a timeout, retried with exponential backoff on a failure or a non-2xx status, then given up.  Nothing here blocks or
 raises into the caller: a slow, failing or silent receiver costs the tunnel
 at most ``max_queue`` small dicts per URL.
 
