@@ -9,7 +9,6 @@ import os
 import time
 
 import treq
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,6 +19,7 @@ from portmapper import errors
 from portmapper.server.admin import AdminAPI
 from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.registry import WORKING, Credential, Mapping, Registry
+from tests.openapi_check import RecordingStubTreq
 
 MiB = 2**20
 # 2018-07-04 10:12:38 UTC
@@ -144,7 +144,8 @@ class AdminTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(EPOCH)
         self.server = FakeServer(self.clock)
-        self.stub = StubTreq(AdminAPI(self.server, admin_token=self.token).app.resource())
+        # Every answer is also checked against the OpenAPI document when the test ends.
+        self.stub = RecordingStubTreq(self, AdminAPI(self.server, admin_token=self.token).app.resource())
 
     @staticmethod
     def _restore_tz(old_tz):

@@ -57,6 +57,7 @@ class FakeServer:
         self.connected = []  # (ip, port, tag)
         self.draining = []  # sessions
         self.disconnected = []  # (session, reason)
+        self.handshake_failures = []  # kinds
 
     def clientConnected(self, link, ip, port, tag, credential=None):
         self.connected.append((ip, port, tag))
@@ -73,6 +74,9 @@ class FakeServer:
     def clientDisconnected(self, session, reason):
         self.registry.clients.pop(session.client_id, None)
         self.disconnected.append((session, reason))
+
+    def handshakeFailed(self, kind):
+        self.handshake_failures.append(kind)
 
 
 def clientSettings(token=TOKEN, tag=TAG):
@@ -692,3 +696,44 @@ class HandshakeTimeoutTests(SynchronousTestCase):
         self.assertTrue(slink.transport.disconnected)
         self.assertEqual(clink.owner.factory.unwelcomed, 1)
         self.assertEqual(server.disconnected, [])
+
+
+class HandshakeFailureKindTests(SynchronousTestCase):
+    """A link that ends before its client is admitted is reported with a bounded kind."""
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+
+    def test_refused(self):
+        """A wrong token is reported as 'refused' once the link is gone."""
+        server, slink, nonce = connectServer(self.clock)
+        slink.dataReceived(authFrame(nonce, token="guess"))
+        loseConnection(slink)
+        self.assertEqual(server.handshake_failures, ["refused"])
+
+    def test_timeout(self):
+        """A handshake that did not finish in time is reported as 'timeout'."""
+        server, slink, nonce = connectServer(self.clock)
+        self.clock.advance(HANDSHAKE_TIMEOUT)
+        loseConnection(slink)
+        self.assertEqual(server.handshake_failures, ["timeout"])
+
+    def test_protocolError(self):
+        """An OPEN before AUTH is reported as 'protocol error'."""
+        server, slink, nonce = connectServer(self.clock)
+        slink.dataReceived(frames.open_channel(1, 4096, "10.0.0.1", 22))
+        loseConnection(slink)
+        self.assertEqual(server.handshake_failures, ["protocol error"])
+
+    def test_disconnected(self):
+        """A peer that hangs up before authenticating is reported as 'disconnected'."""
+        server, slink, nonce = connectServer(self.clock)
+        loseConnection(slink)
+        self.assertEqual(server.handshake_failures, ["disconnected"])
+
+    def test_admittedIsNoFailure(self):
+        """A client admitted and later lost is a disconnection, not a handshake failure."""
+        server, slink, clink, pump = connectPair(self.clock)
+        loseConnection(slink)
+        self.assertEqual(server.handshake_failures, [])
+        self.assertEqual(len(server.disconnected), 1)

@@ -226,3 +226,23 @@ class SamplerTests(SynchronousTestCase):
         sampler.stopService()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+
+
+class SamplerObserveTests(SynchronousTestCase):
+    """L{Sampler} reports how long each tick took, by its clock."""
+
+    def test_observesTickDuration(self):
+        """Each tick hands the seconds it took (clock time after minus before) to observe."""
+        clock = Clock()
+        took = []
+
+        def slowMeters():
+            clock.rightNow += 0.25  # walking the meters takes a quarter second
+            return [Meter(created=0.0)]
+
+        sampler = Sampler(slowMeters, clock, 1.0, observe=took.append)
+        sampler.startService()
+        self.addCleanup(sampler.stopService)
+        clock.advance(1)
+        clock.advance(1)
+        self.assertEqual(took, [0.25, 0.25])

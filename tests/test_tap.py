@@ -194,16 +194,17 @@ class ServerServiceTests(SynchronousTestCase):
         self.settle(store.stop())
 
     def test_children(self):
-        """The service is a MultiService of store, server, two listeners and sampler, in this order."""
+        """The service is a MultiService of store, webhooks, server, two listeners and sampler, in order."""
         options, service = self.makeServer(["--token", "sekrit", "--sample-interval", "2"])
         self.assertIsInstance(service, MultiService)
         self.assertEqual([child.name for child in service],
-                         ["store", "server", "client-port", "admin", "sampler"])
+                         ["store", "webhooks", "server", "client-port", "admin", "sampler"])
         server = service.getServiceNamed("server")
         self.assertIsInstance(server, PortMapperServer)
         self.assertIs(server.settings, options.settings)
         self.assertIs(server.reactor, self.reactor)
         self.assertIs(service.getServiceNamed("store").store, server.store)
+        self.assertIs(service.getServiceNamed("webhooks"), server.webhooks)
         client_port = service.getServiceNamed("client-port")
         self.assertIsInstance(client_port, StreamServerEndpointService)
         self.assertIsInstance(client_port.factory, ServerLinkFactory)

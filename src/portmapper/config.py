@@ -12,6 +12,7 @@ anything starts.
 import configparser
 import ipaddress
 import math
+import urllib.parse
 
 import attr
 from twisted.python import usage
@@ -44,6 +45,7 @@ class ServerSettings:
     sample_interval = attr.ib(default=1.0)
     history_max_rows = attr.ib(default=100_000)
     history_max_age = attr.ib(default=30 * 86400.0)
+    webhook = attr.ib(default=())  # URLs alerts are posted to
 
 
 @attr.s(frozen=True)
@@ -152,6 +154,16 @@ def _client_token(text):
     return text
 
 
+def _urls(text):
+    """A comma- or space-separated list of http(s) URLs, as a tuple."""
+    urls = tuple(text.replace(",", " ").split())
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return urls
+
+
 def _window(text):
     value = _positive_int(text)
     if not 16 * 1024 <= value <= 64 * 1024 * 1024:
@@ -187,6 +199,8 @@ SERVER_KEYS = {
     "sample_interval": (_positive_float, "Seconds between traffic statistics samples."),
     "history_max_rows": (_positive_int, "Closed channels kept in history."),
     "history_max_age": (_positive_float, "Seconds closed channels are kept in history."),
+    "webhook": (_urls, "URL to POST JSON alerts to; repeat the option, or list URLs "
+                       "separated by commas or spaces."),
 }
 
 CLIENT_KEYS = {
@@ -228,7 +242,7 @@ def make_options(section, keys, settings_type):
 
 
 def _show(value):
-    return "none" if value is None else value
+    return "none" if value is None or value == () else value
 
 
 def load_settings(section, keys, settings_type, config_path, given):

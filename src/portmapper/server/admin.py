@@ -29,12 +29,14 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.exceptions import NotFound as NoRoute
 
-from portmapper import validate
+from portmapper import __version__, validate
 from portmapper.errors import (
     BadParameter, PortMapperError, Unauthorized, UnknownChannel, UnknownClient, UnknownMapping,
 )
-from portmapper.server import console
+from portmapper.server import console, openapi
 from portmapper.server.meter import MB
+from portmapper.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from portmapper.server.metrics import ServerMetrics
 
 log = Logger()
 
@@ -43,6 +45,7 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
 
 _REQUIRED = object()
+_OPENAPI = openapi.document(__version__)
 
 
 # -- parameters ---------------------------------------------------------------
@@ -156,14 +159,17 @@ class AdminAPI:
     """The admin API over ``server``, an
     :class:`~portmapper.server.interfaces.IPortMapperServer` (see the module
     docstring); with ``admin_token`` set, every request needs
-    ``Authorization: Bearer <token>``."""
+    ``Authorization: Bearer <token>``.  ``metrics`` (a
+    :class:`~portmapper.server.metrics.ServerMetrics`) is what ``GET
+    /metrics`` serves; by default, metrics of the live state alone."""
 
     app = Klein()
 
-    def __init__(self, server, admin_token=None):
+    def __init__(self, server, admin_token=None, metrics=None):
         if admin_token is not None and not admin_token:
             raise ValueError("An empty admin token would protect nothing; give a token or None.")
         self._server = server
+        self._metrics = metrics if metrics is not None else ServerMetrics(server)
         self._token = admin_token.encode("utf-8") if isinstance(admin_token, str) else admin_token
 
     def _authorize(self, request):
@@ -222,6 +228,20 @@ class AdminAPI:
     @app.route("/ui/<name>", methods=["GET"])
     def get_ui(self, request, name):
         return console.asset(request, name)
+
+    # -- observability ----------------------------------------------------------
+
+    @app.route("/metrics", methods=["GET"])
+    def get_metrics(self, request):
+        """Prometheus text, read from the live state at this moment (server/metrics.py)."""
+        self._authorize(request)
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
+        return self._metrics.exposition()
+
+    @app.route("/openapi.json", methods=["GET"])
+    def get_openapi(self, request):
+        """This API's OpenAPI document (server/openapi.py); like the page, it holds no data."""
+        return _render(request, _OPENAPI)
 
     # -- ports and mappings ---------------------------------------------------
 

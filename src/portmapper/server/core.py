@@ -31,6 +31,8 @@ from portmapper.errors import (
 from portmapper.protocol import auth
 from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.link import ILinkServer
+from portmapper.server.metrics import ServerMetrics
+from portmapper.server.webhooks import CLIENT_LINKED, CLIENT_LOST, Webhooks
 from portmapper.server.public import PublicFactory
 from portmapper.server.registry import (
     CLOSED, CLOSED_BY_ADMIN, CREDENTIAL_REVOKED, DRAINING, MAPPING_DELETED, NO_CLIENT,
@@ -46,14 +48,17 @@ _WORTH_LOGGING = {NO_CLIENT, TARGET_REFUSED, TIMEOUT, PROTOCOL_ERROR}
 
 @implementer(IPortMapperServer, ILinkServer)
 class PortMapperServer(Service):
-    """The live state over ``store`` (a started Store), with ``settings`` and ``reactor``."""
+    """The live state over ``store`` (a started Store), with ``settings`` and ``reactor``;
+    alerts go to ``webhooks`` (a :class:`~portmapper.server.webhooks.Webhooks`), if given."""
 
-    def __init__(self, settings, reactor, store):
+    def __init__(self, settings, reactor, store, webhooks=None):
         self.settings = settings
         self.reactor = reactor
         self.clock = reactor
         self.store = store
         self.registry = Registry()
+        self.metrics = ServerMetrics(self)  # served at GET /metrics
+        self.webhooks = webhooks if webhooks is not None else Webhooks((), reactor)
         self.client_port = None  # the port number clients dial, once listening
         self.admin_address = None  # IAddress of the admin API, once listening
         self._creating = set()  # public ports whose creation is under way
@@ -211,6 +216,7 @@ class PortMapperServer(Service):
         log.info("client {client_id} connected from {ip}:{port} with tag {tag}"
                  " (credential {credential_id})", client_id=session.client_id, ip=ip, port=port,
                  tag=tag, credential_id=session.credential_id)
+        self.webhooks.notify(CLIENT_LINKED, client_id=session.client_id, tag=tag, ip=ip, port=port)
         return session
 
     def findCredential(self, public_key):
@@ -225,6 +231,7 @@ class PortMapperServer(Service):
         self.registry.clients.pop(session.client_id, None)
         session.state = CLOSED
         why = session.lost_reason()
+        self.metrics.client_closed(session)
         meter = session.meter
         self.store.record_client({
             "client_id": session.client_id, "ip": session.ip, "port": session.port,
@@ -233,6 +240,12 @@ class PortMapperServer(Service):
         })
         log.info("client {client_id} disconnected: {why} ({reason})",
                  client_id=session.client_id, why=why, reason=reason)
+        self.webhooks.notify(CLIENT_LOST, client_id=session.client_id, tag=session.tag,
+                             ip=session.ip, port=session.port, reason=why,
+                             duration_time=int(meter.age(self.clock.seconds())))
+
+    def handshakeFailed(self, kind):
+        self.metrics.handshake_failed(kind)
 
     def channelClosed(self, record):
         self.registry.channels.pop(record.channel_id, None)
@@ -240,6 +253,7 @@ class PortMapperServer(Service):
         if session is not None:
             session.channels.discard(record.channel_id)
         record.close_reason = reason = record.decide_close_reason()
+        self.metrics.channel_closed(record, reason)
         if not self.registry.channels:
             waiters, self._drain_waiters = self._drain_waiters, []
             for done in waiters:
@@ -255,6 +269,10 @@ class PortMapperServer(Service):
             "close_time": record.close_time, "recv_bytes": meter.recv_bytes,
             "send_bytes": meter.send_bytes, "close_reason": reason,
         })
+        if reason == NO_CLIENT:
+            mapping = self.registry.mappings.get(record.public_port)
+            if mapping is not None:
+                self.webhooks.no_client(record.public_port, mapping.tag)
         if reason in _WORTH_LOGGING:
             log.info("channel {channel_id} on port {port} closed: {reason}",
                      channel_id=record.channel_id, port=record.public_port, reason=reason)

@@ -16,6 +16,7 @@ from zope.interface import Attribute, Interface, implementer
 from portmapper.protocol import auth
 from portmapper.protocol.connection import SERVER, Connection
 from portmapper.protocol.frames import AUTH_CREDENTIAL, AUTH_SHARED_TOKEN
+from portmapper.server import metrics
 from portmapper.server.registry import CLOSED, PROTOCOL_ERROR
 from portmapper.transport.link import ILinkOwner, LinkProtocol
 
@@ -41,6 +42,10 @@ class ILinkServer(Interface):
     def clientDisconnected(session, reason):
         """The client's link is gone (``reason``, a sentence)."""
 
+    def handshakeFailed(kind):
+        """A link ended before its client was admitted, for ``kind``, one of
+        :data:`~portmapper.server.metrics.HANDSHAKE_FAILURES`."""
+
 
 @implementer(ILinkOwner)
 class ServerLinkHandler:
@@ -49,6 +54,7 @@ class ServerLinkHandler:
     def __init__(self, server):
         self.server = server
         self.session = None  # the registry's ClientSession, once admitted
+        self.refused = False  # the server refused the client
 
     def authenticate(self, link, method, proof, tag, nonce):
         credential = None
@@ -60,6 +66,7 @@ class ServerLinkHandler:
         else:
             why = "wrong token"
         if why is not None:
+            self.refused = True
             link.refuse(why)
             return
         peer = link.transport.getPeer()
@@ -106,6 +113,19 @@ class ServerLinkHandler:
     def linkLost(self, link, reason, protocol_error):
         if self.session is not None:
             self.server.clientDisconnected(self.session, reason)
+        else:
+            self.server.handshakeFailed(_handshake_failure(self.refused, reason, protocol_error))
+
+
+def _handshake_failure(refused, reason, protocol_error):
+    """The kind of handshake failure (metrics.HANDSHAKE_FAILURES) a link's end before admission was."""
+    if refused:
+        return metrics.REFUSED
+    if protocol_error:
+        return metrics.HANDSHAKE_PROTOCOL_ERROR
+    if "handshake did not finish in time" in reason:
+        return metrics.HANDSHAKE_TIMEOUT
+    return metrics.DISCONNECTED
 
 
 class ServerLinkFactory(Factory):

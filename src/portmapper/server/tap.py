@@ -7,6 +7,9 @@ and stop in the reverse one:
 
 ``store``
     the SQLite store, opened first and closed last;
+``webhooks``
+    the alerts to ``--webhook`` URLs (:mod:`~portmapper.server.webhooks`),
+    started before the server so that none of its events is missed;
 ``server``
     the mapping keeper (:class:`~portmapper.server.core.PortMapperServer`),
     which restores the stored mappings when it starts;
@@ -37,6 +40,7 @@ from portmapper.server.link import ServerLinkFactory
 from portmapper.server.meter import Sampler
 from portmapper.server.services import AdminSite, InOrder, Listener, StoreService
 from portmapper.server.store import Store
+from portmapper.server.webhooks import Webhooks
 from portmapper.startup import exit_when_failed
 from portmapper.transport.endpoints import link_server_endpoint
 
@@ -47,6 +51,10 @@ class Options(make_options("server", SERVER_KEYS, ServerSettings)):
     synopsis = "[options]"
     longdesc = ("Run a portmapper server: tunnel clients dial its client port, the admin API "
                 "maps public ports to targets those clients can reach.")
+
+    def opt_webhook(self, url):
+        """URL to POST JSON alerts to; repeat the option for several."""
+        self["webhook"] = f"{self['webhook']} {url}" if self["webhook"] else url
 
     def postOptions(self):
         super().postOptions()
@@ -87,17 +95,20 @@ def build(settings, reactor):
     store = Store(os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor,
                   history_max_rows=settings.history_max_rows,
                   history_max_age=settings.history_max_age)
-    server = PortMapperServer(settings, reactor, store)
-    site = AdminSite(AdminAPI(server, settings.admin_token).app.resource())
+    webhooks = Webhooks(settings.webhook, reactor)
+    server = PortMapperServer(settings, reactor, store, webhooks)
+    site = AdminSite(AdminAPI(server, settings.admin_token, metrics=server.metrics).app.resource())
 
     service = InOrder()
     for name, child in [
         ("store", StoreService(store)),
+        ("webhooks", webhooks),
         ("server", server),
         ("client-port", Listener(link_server_endpoint(reactor, settings.client_port),
                                  ServerLinkFactory(server), server.clientPortListening)),
         ("admin", Listener(serverFromString(reactor, settings.admin), site, server.adminListening)),
-        ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval)),
+        ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval,
+                            observe=server.metrics.sampler_tick.observe)),
     ]:
         child.setName(name)
         child.setServiceParent(service)

@@ -1,0 +1,204 @@
+"""
+The OpenAPI 3.1 document of the admin API, served at ``GET /openapi.json``.
+
+One entry of :data:`OPERATIONS` per route, ``(METHOD, /path)`` -> what
+:func:`operation` makes of its summary, query parameters, success answer and
+failure statuses; the shared body shapes are in :data:`SCHEMAS`.  Adding an
+endpoint to ``server/admin.py`` means adding its entry here (and its section
+to ``docs/api.rst``): ``tests/test_openapi.py`` fails until every route has
+one, and checks every answer the admin tests see against this document.
+"""
+
+# -- parameters: (name, schema) of the query string ------------------------
+
+PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+LIMIT = {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}
+HOST = {"type": "string", "description": "An IP address or a host name."}
+TAG = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}
+
+# -- body shapes ------------------------------------------------------------
+
+
+def ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties, required=None, **extra):
+    """An object with exactly ``properties`` (all required unless ``required`` says otherwise)."""
+    return {"type": "object", "properties": properties,
+            "required": sorted(properties if required is None else required),
+            "additionalProperties": False, **extra}
+
+
+def _keyed(value):
+    """An object keyed by ids or ports (decimal strings), each value ``value``."""
+    return {"type": "object", "propertyNames": {"pattern": "^[0-9]+$"}, "additionalProperties": value}
+
+
+NUMBER = {"type": "number", "minimum": 0}
+COUNT = {"type": "integer", "minimum": 0}
+TIME = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$",
+        "description": "The server's local time."}
+NULLABLE_ID = {"type": ["integer", "null"], "minimum": 1}
+
+_TOTALS = {f"{d}_{k}": v for d in ("recv", "send") for k, v in [
+    ("flow_statistics", NUMBER), ("average_speed", NUMBER), ("bytes", COUNT)]}
+_LIVE = {"init_time": TIME, "duration_time": COUNT, **_TOTALS,
+         "recv_real_time_speed": NUMBER, "send_real_time_speed": NUMBER}
+_CLOSED = {"init_time": TIME, "close_time": TIME, "duration_time": COUNT, **_TOTALS,
+           "close_reason": {"type": "string"}}
+
+
+def _history(row, key):
+    return _object({"history": {"type": "array", "items": ref(row)},
+                    "next_before": {"type": ["integer", "null"],
+                                    "description": f"The ``before`` of the next page: the last {key}."}})
+
+
+SCHEMAS = {
+    "Success": _object({"result": {"const": "success"}}),
+    "Failure": _object({"result": {"const": "failed"}, "reason": {"type": "string"}}),
+    "Mapping": _object({"ip": HOST, "port": PORT, "tag": TAG}),
+    "Mappings": _keyed(ref("Mapping")),
+    "Created": _object({"result": {"const": "success"}, "port_mapper": ref("Mappings")}),
+    "Client": _object({"ip": {"type": "string"}, "port": PORT, "tag": TAG,
+                       "state": {"enum": ["WORKING", "DRAINING", "CLOSED"]}, **_LIVE}),
+    "Clients": _keyed(ref("Client")),
+    "ChannelBrief": _object({"channel_id": ID, "ip": {"type": "string"}, "port": PORT,
+                             "state": {"enum": ["CONNECTING", "WORKING", "CLOSING", "CLOSED"]}}),
+    "ChannelsByPort": _keyed({"type": "array", "items": ref("ChannelBrief")}),
+    "Channel": _object({"channel_id": ID, "public_port": PORT, "ip": {"type": "string"}, "port": PORT,
+                        "state": {"enum": ["CONNECTING", "WORKING", "CLOSING", "CLOSED"]},
+                        "client_id": NULLABLE_ID, "target_ip": HOST, "target_port": PORT, **_LIVE}),
+    "ChannelById": _keyed(ref("Channel")),
+    "ClosedChannel": _object({"channel_id": ID, "port": PORT, "ip": {"type": "string"},
+                              "user_port": PORT, "client_id": NULLABLE_ID, "target_ip": HOST,
+                              "target_port": PORT, **_CLOSED}),
+    "ClosedClient": _object({"client_id": ID, "ip": {"type": "string"}, "port": PORT, "tag": TAG,
+                             **_CLOSED}),
+    "ChannelHistory": _history("ClosedChannel", "channel_id"),
+    "ClientHistory": _history("ClosedClient", "client_id"),
+    "Index": _object({"dashboard": {"type": "string"}, "endpoints": {"type": "array", "items": _object(
+        {"path": {"type": "string"}, "methods": {"type": "array", "items": {"type": "string"}}})}}),
+}
+
+# -- operations -------------------------------------------------------------
+
+_WHEN = {
+    400: "A parameter is missing or malformed, or two conflict.",
+    401: "The server has an admin token and the request does not carry it.",
+    404: "The id, port or file named is not known.",
+    409: "The port is already mapped, or cannot be listened on.",
+    500: "A fault of the server; details in its log.",
+}
+
+
+def _json(schema, description="Success."):
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _text(types, description):
+    return {"description": description, "content": {t: {"schema": {"type": "string"}} for t in types}}
+
+
+def operation(summary, params=(), required=(), ok=None, errors=(401, 500), ok_response=None,
+              secured=True):
+    """
+    An OpenAPI operation: query ``params`` ((name, schema) pairs; those in
+    ``required`` must be given), a 200 whose JSON body is ``ok`` (or the
+    response ``ok_response``), and a Failure body for each status of ``errors``.
+    """
+    responses = {"200": ok_response or _json(ok)}
+    for status in errors:
+        responses[str(status)] = {"$ref": f"#/components/responses/{status}"}
+    op = {
+        "summary": summary,
+        "parameters": [{"name": name, "in": "query", "required": name in required, "schema": schema}
+                       for name, schema in params],
+        "responses": responses,
+    }
+    if not secured:
+        op["security"] = []
+    return op
+
+
+def removal(summary, name, schema):
+    """An operation that acts on the one thing its required parameter ``name`` names."""
+    return operation(summary, params=[(name, schema)], required=(name,), ok=ref("Success"),
+                     errors=(400, 401, 404, 500))
+
+
+OPERATIONS = {
+    ("GET", "/"): operation(
+        "The dashboard page; with Accept: application/json, an index of the endpoints (needs the token).",
+        secured=False, errors=(401,), ok_response={
+            "description": "The page, or the JSON index.",
+            "content": {"text/html": {"schema": {"type": "string"}},
+                        "application/json": {"schema": ref("Index")}}}),
+    ("GET", "/ui/{name}"): {
+        **operation("A file of the dashboard (its script and style).", secured=False, errors=(404,),
+                    ok_response=_text(["text/javascript", "text/css"], "The file.")),
+        "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+    },
+    ("GET", "/metrics"): operation(
+        "The server's metrics in the Prometheus text format.",
+        ok_response=_text(["text/plain"], "Prometheus text format 0.0.4.")),
+    ("GET", "/openapi.json"): operation(
+        "This document.", secured=False, errors=(),
+        ok_response=_json({"type": "object"}, "The OpenAPI document.")),
+    ("GET", "/client_port"): operation(
+        "The port tunnel clients dial.", ok=_object({"client_port": PORT})),
+    ("GET", "/port_mapper"): operation("Every port mapping, keyed by public port.", ok=ref("Mappings")),
+    ("POST", "/port_mapper"): operation(
+        "Map a public port to a target that a client with the tag can reach; listens at once.",
+        params=[("port", PORT), ("mapper_ip", HOST), ("mapper_port", PORT),
+                ("mapper_tag", {**TAG, "default": "default"})],
+        required=("port", "mapper_ip", "mapper_port"), ok=ref("Created"), errors=(400, 401, 409, 500)),
+    ("DELETE", "/port_mapper"): removal(
+        "Stop listening on a public port, close its channels, forget the mapping.", "port", PORT),
+    ("GET", "/client_connection"): operation(
+        "The connected clients, or only the one given.",
+        params=[("client_id", ID)], ok=ref("Clients"), errors=(400, 401, 404, 500)),
+    ("DELETE", "/client_connection"): removal(
+        "Drop a client's link now; its channels close.", "client_id", ID),
+    ("GET", "/client_history"): operation(
+        "Closed client links, newest first.",
+        params=[("client_id", ID), ("limit", LIMIT), ("before", ID)], ok=ref("ClientHistory"),
+        errors=(400, 401, 500)),
+    ("GET", "/channel"): operation(
+        "Open channels grouped by public port (or one port's); with channel_id, that channel's details.",
+        params=[("port", PORT), ("channel_id", ID)],
+        ok={"anyOf": [ref("ChannelsByPort"), ref("ChannelById")]}, errors=(400, 401, 404, 500)),
+    ("DELETE", "/channel"): removal("Close an open channel now, both sides.", "channel_id", ID),
+    ("GET", "/channel_history"): operation(
+        "Closed channels, newest first, filtered by every filter given.",
+        params=[("port", PORT), ("client_id", ID), ("channel_id", ID), ("limit", LIMIT), ("before", ID)],
+        ok=ref("ChannelHistory"), errors=(400, 401, 500)),
+}
+
+
+def document(version):
+    """The OpenAPI document (a JSON-ready dict) of the admin API of portmapper ``version``."""
+    paths = {}
+    for (method, path), op in OPERATIONS.items():
+        paths.setdefault(path, {})[method.lower()] = op
+    failure = ref("Failure")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "portmapper admin API",
+            "version": version,
+            "description": "Port mappings, tunnel clients, channels and their history. "
+                           "Parameters come in the query string. Any failure, a 404 for an unknown "
+                           "path and a 405 for a wrong method included, is a Failure body.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": {str(status): _json(failure, when) for status, when in _WHEN.items()},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "Needed when the server has --admin-token."}},
+        },
+        "security": [{"bearer": []}],
+    }
