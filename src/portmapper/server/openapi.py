@@ -63,7 +63,10 @@ SCHEMAS = {
     "Mappings": _keyed(ref("Mapping")),
     "Created": _object({"result": {"const": "success"}, "port_mapper": ref("Mappings")}),
     "Client": _object({"ip": {"type": "string"}, "port": PORT, "tag": TAG,
-                       "state": {"enum": ["WORKING", "DRAINING", "CLOSED"]}, **_LIVE}),
+                       "state": {"enum": ["WORKING", "DRAINING", "CLOSED"]},
+                       "credential_id": {**NULLABLE_ID, "description":
+                                         "The credential it linked with; null for the shared token."},
+                       **_LIVE}),
     "Clients": _keyed(ref("Client")),
     "ChannelBrief": _object({"channel_id": ID, "ip": {"type": "string"}, "port": PORT,
                              "state": {"enum": ["CONNECTING", "WORKING", "CLOSING", "CLOSED"]}}),
@@ -79,6 +82,13 @@ SCHEMAS = {
                              **_CLOSED}),
     "ChannelHistory": _history("ClosedChannel", "channel_id"),
     "ClientHistory": _history("ClosedClient", "client_id"),
+    "Credential": _object({"name": {"type": ["string", "null"]}, "tag": TAG,
+                           "created_time": TIME, "last_used_time": {"anyOf": [TIME, {"type": "null"}]},
+                           "client_ids": {"type": "array", "items": ID}}),
+    "Credentials": _keyed(ref("Credential")),
+    "Issued": _object({"result": {"const": "success"}, "credential": _object({
+        "credential_id": ID, "name": {"type": ["string", "null"]}, "tag": TAG,
+        "token": {"type": "string", "description": "The secret: shown in this answer only."}})}),
     "Index": _object({"dashboard": {"type": "string"}, "endpoints": {"type": "array", "items": _object(
         {"path": {"type": "string"}, "methods": {"type": "array", "items": {"type": "string"}}})}}),
 }
@@ -166,6 +176,15 @@ OPERATIONS = {
         "Closed client links, newest first.",
         params=[("client_id", ID), ("limit", LIMIT), ("before", ID)], ok=ref("ClientHistory"),
         errors=(400, 401, 500)),
+    ("POST", "/credential"): operation(
+        "Issue a credential for one client and tag; the token is in this answer only.",
+        params=[("tag", TAG), ("name", {"type": "string", "minLength": 1, "maxLength": 64})],
+        required=("tag",), ok=ref("Issued"), errors=(400, 401, 500)),
+    ("GET", "/credential"): operation(
+        "Every credential issued (never a token), keyed by credential_id.", ok=ref("Credentials")),
+    ("DELETE", "/credential"): removal(
+        "Revoke a credential: its clients are dropped now and it is refused from then on.",
+        "credential_id", ID),
     ("GET", "/channel"): operation(
         "Open channels grouped by public port (or one port's); with channel_id, that channel's details.",
         params=[("port", PORT), ("channel_id", ID)],
