@@ -26,7 +26,8 @@ class ILinkServer(Interface):
     clock = Attribute("The IReactorTime the links take the time and their timers from.")
 
     def clientConnected(link, ip, port, tag):
-        """A client at ``ip:port`` proved the token for ``tag``: admit it; returns its ClientSession."""
+        """A client at ``ip:port`` proved the token for ``tag``: admit it; returns its
+        ClientSession, or None if the server refused the link instead."""
 
     def clientDraining(session):
         """The client takes no new channels; its open ones carry on."""
@@ -50,6 +51,8 @@ class ServerLinkHandler:
             return
         peer = link.transport.getPeer()
         self.session = self.server.clientConnected(link, peer.host, peer.port, tag)
+        if self.session is None:
+            return  # the server refused the link
         meter, conn = self.session.meter, link.connection
         meter.recv_bytes += conn.meter.recv_bytes
         meter.send_bytes += conn.meter.send_bytes
