@@ -154,9 +154,14 @@ class CrashTests(TestCase):
         new_clients = yield poll(back, "the client to come back")
         self.assertGreater(min(map(int, new_clients)), old_client)
         self.assertEqual((yield in_thread(echo_roundtrip, public, b"after")), b"after")
-        newest = (yield again.api("GET", "/channel_history", limit="1"))["history"][0]
-        self.assertEqual(newest["close_reason"], "user closed")
-        self.assertGreater(newest["channel_id"], max(shown))
+
+        @inlineCallbacks
+        def newest():
+            return (yield again.api("GET", "/channel_history", limit="1"))["history"][0]
+
+        row = yield poll(newest, "the new channel in history",
+                         lambda row: row["close_reason"] == "user closed")
+        self.assertGreater(row["channel_id"], max(shown))
 
 
 @inlineCallbacks
