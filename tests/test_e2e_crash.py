@@ -13,7 +13,6 @@ import sys
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.error import ConnectError
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -24,6 +23,7 @@ from tests.e2e import (
 from tests.test_tap import _TWISTD
 
 WAIT = 30.0
+READY = b"portmapper server ready"  # logged once everything listens
 OUTPUT_KEPT = 64 * 1024  # of the child's output, for failure messages
 
 
@@ -33,6 +33,7 @@ class Server(ProcessProtocol):
     def __init__(self, testcase, data_dir, client_port, admin_port):
         self.admin = f"http://127.0.0.1:{admin_port}"
         self.ended = Deferred()
+        self.ready = Deferred()
         self.output = bytearray()
         args = [
             sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "--logfile=-", "portmapper",
@@ -46,9 +47,14 @@ class Server(ProcessProtocol):
 
     def childDataReceived(self, fd, data):
         self.output += data[:OUTPUT_KEPT - len(self.output)]
+        if not self.ready.called and READY in self.output:
+            self.ready.callback(self)
 
     def processEnded(self, reason):
         self.ended.callback(None)
+        if not self.ready.called:
+            self.ready.errback(AssertionError(
+                f"twistd ended before it was ready: {self.output.decode(errors='replace')}"))
 
     def signal(self, name):
         """Send SIGname (unless the process has ended); fire once it has ended."""
@@ -56,18 +62,9 @@ class Server(ProcessProtocol):
             self.transport.signalProcess(name)
         return self.ended
 
-    @inlineCallbacks
     def up(self):
-        """Wait until the admin API answers; fire with self."""
-        deadline = reactor.seconds() + WAIT
-        while True:
-            if self.ended.called or reactor.seconds() > deadline:
-                raise AssertionError(f"twistd did not come up: {self.output.decode(errors='replace')}")
-            try:
-                yield self.api("GET", "/client_port")
-                return self
-            except ConnectError:
-                yield deferLater(reactor, POLL, lambda: None)
+        """Fire with self once the server logs that it is ready (fail after WAIT seconds)."""
+        return self.ready.addTimeout(WAIT, reactor)
 
     @inlineCallbacks
     def api(self, method, path, **params):
