@@ -4,6 +4,7 @@ StubTreq over a fake IPortMapperServer (a real Registry, a task.Clock,
 recorded calls).
 """
 
+import json
 import os
 import time
 
@@ -18,7 +19,7 @@ from zope.interface.verify import verifyObject
 from portmapper import errors
 from portmapper.server.admin import AdminAPI
 from portmapper.server.interfaces import IPortMapperServer
-from portmapper.server.registry import WORKING, Mapping, Registry
+from portmapper.server.registry import WORKING, Credential, Mapping, Registry
 
 MiB = 2**20
 # 2018-07-04 10:12:38 UTC
@@ -47,6 +48,24 @@ class FakeServer:
 
     def channels(self):
         return self.registry.channels
+
+    def credentials(self):
+        return {i: c for i, c in self.registry.credentials.items() if not c.revoked}
+
+    def issue_credential(self, tag, name=None):
+        self.calls.append(("issue_credential", tag, name))
+        credential_id = len(self.registry.credentials) + 1
+        credential = Credential(credential_id, name, tag, b"k" * 32, self.clock.seconds())
+        self.registry.add_credential(credential)
+        return succeed((credential, f"pmc_token{credential_id}"))
+
+    def revoke_credential(self, credential_id):
+        self.calls.append(("revoke_credential", credential_id))
+        credential = self.registry.credentials.get(credential_id)
+        if credential is None or credential.revoked:
+            return fail(errors.UnknownCredential(credential_id))
+        credential.revoked = True
+        return succeed(None)
 
     def add_mapping(self, public_port, target_ip, target_port, tag):
         self.calls.append(("add_mapping", public_port, target_ip, target_port, tag))
@@ -320,6 +339,7 @@ class ClientConnectionTests(AdminTestCase):
             "recv_average_speed": round(3 / 2.75, 6), "recv_bytes": 3 * MiB,
             "send_flow_statistics": 0.5, "send_real_time_speed": 0.25,
             "send_average_speed": round(0.5 / 2.75, 6), "send_bytes": MiB // 2,
+            "credential_id": None,
         }})
 
     def test_average(self):
@@ -381,6 +401,67 @@ class ClientConnectionTests(AdminTestCase):
         reason = self.failed("DELETE", "/client_connection", 400)
         self.assertEqual(reason, "Parameter 'client_id' is required and must be a positive integer.")
         self.assertEqual(self.server.calls, [])
+
+
+class CredentialTests(AdminTestCase):
+    """POST, GET and DELETE /credential: issue (the token shown once), list, revoke."""
+
+    def test_issue(self):
+        """POST /credential answers the new credential with its token, asking the server for the tag and name."""
+        body = self.call("POST", "/credential?tag=office&name=router-1")
+        self.assertEqual(body, {"result": "success", "credential": {
+            "credential_id": 1, "name": "router-1", "tag": "office", "token": "pmc_token1"}})
+        self.assertEqual(self.server.calls, [("issue_credential", "office", "router-1")])
+
+    def test_issue_without_name(self):
+        """The name is optional: without it, the credential's name is null."""
+        body = self.call("POST", "/credential?tag=office")
+        self.assertIsNone(body["credential"]["name"])
+
+    def test_issue_bad_parameters(self):
+        """A missing or bad tag, or a bad name, is a 400 naming it, and nothing is issued."""
+        for query, name in [("", "'tag'"), ("?tag=a%20b", "'tag'"), ("?tag=%E2%98%83", "'tag'"),
+                            ("?tag=ok&name=" + "n" * 65, "'name'"), ("?tag=ok&name=a%00b", "'name'"),
+                            ("?tag=ok&name=%C3%A9t%C3%A9", "'name'")]:
+            reason = self.failed("POST", "/credential" + query, 400)
+            self.assertIn(name, reason)
+            self.assertTrue(reason.startswith("Parameter ") and reason.endswith("."), reason)
+        self.assertEqual(self.server.calls, [])
+
+    def test_list_never_shows_the_token(self):
+        """GET /credential lists each credential with its times and linked clients, and no token."""
+        self.call("POST", "/credential?tag=office&name=router-1")
+        self.clock.advance(60)
+        self.call("POST", "/credential?tag=lab")
+        client = self.add_client(tag="office")
+        client.credential_id = 1
+        self.server.registry.credentials[1].last_used_time = self.clock.seconds()
+        body = self.call("GET", "/credential")
+        self.assertEqual(body, {
+            "1": {"name": "router-1", "tag": "office", "created_time": "2018-07-04 10:12:38",
+                  "last_used_time": "2018-07-04 10:13:38", "client_ids": [client.client_id]},
+            "2": {"name": None, "tag": "lab", "created_time": "2018-07-04 10:13:38",
+                  "last_used_time": None, "client_ids": []},
+        })
+        self.assertNotIn("token", json.dumps(body))
+
+    def test_client_shows_credential(self):
+        """GET /client_connection shows the credential a client linked with."""
+        self.add_client().credential_id = 4
+        self.assertEqual(self.call("GET", "/client_connection")["1"]["credential_id"], 4)
+
+    def test_revoke(self):
+        """DELETE /credential revokes it: success, and it leaves the list."""
+        self.call("POST", "/credential?tag=office")
+        self.assertEqual(self.call("DELETE", "/credential?credential_id=1"), {"result": "success"})
+        self.assertEqual(self.call("GET", "/credential"), {})
+
+    def test_revoke_unknown(self):
+        """Revoking an unknown (or already revoked) credential is a 404; a bad id is a 400."""
+        self.assertEqual(self.failed("DELETE", "/credential?credential_id=9", 404),
+                         "No credential with credential_id 9 (or it is revoked already).")
+        self.assertIn("'credential_id'", self.failed("DELETE", "/credential?credential_id=x", 400))
+        self.assertIn("'credential_id'", self.failed("DELETE", "/credential", 400))
 
 
 class ChannelTests(AdminTestCase):

@@ -205,6 +205,35 @@ class HandshakeTests(LinkCase):
         self.assertEqual((client.established, client.client_id), (True, CLIENT_ID))
         self.assertEqual([f[0] for f in sent(client)], [PING])
 
+    def test_credentialToken(self):
+        """A client with a credential token answers HELLO with method 1: its public key and a
+        signature of the nonce and tag, which the server hands on as it came."""
+        token, public_key = auth.new_credential()
+        server, client = connection(SERVER), connection(CLIENT, token=token)
+        server.start()
+        move(server, client)
+        [(ftype, _, payload)] = sent(client)
+        self.assertEqual(ftype, AUTH)
+        magic, version, method, proof, tag = frames.parse_auth(payload)
+        self.assertEqual((method, len(proof), tag), (frames.AUTH_CREDENTIAL, 96, TAG))
+        key, signature = auth.split_credential_proof(proof)
+        self.assertEqual(key, public_key)
+        self.assertTrue(auth.verify_credential(key, NONCE, TAG, signature))
+        self.assertNotIn(auth.credential_seed(token), payload)
+        server.receive_data(frames.encode(AUTH, 0, payload), T0)
+        self.assertEqual(events(server),
+                         [AuthRequested(frames.AUTH_CREDENTIAL, proof, TAG, NONCE)])
+
+    def test_sharedTokenWithThePrefix(self):
+        """A token that only starts like a credential is proved as the shared token (method 0)."""
+        server, client = connection(SERVER), connection(CLIENT, token="pmc_not-a-credential")
+        server.start()
+        move(server, client)
+        [(_, _, payload)] = sent(client)
+        self.assertEqual(frames.parse_auth(payload)[2:],
+                         (frames.AUTH_SHARED_TOKEN, auth.proof("pmc_not-a-credential", NONCE, TAG),
+                          TAG))
+
     def test_refuse(self):
         """A refused client is told why in REFUSE, and both ends close without a GOAWAY."""
         server, client = greeted()

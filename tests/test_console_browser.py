@@ -282,6 +282,42 @@ class DashboardTests(TestCase):
         self.assertEqual(reason, body["history"][0]["close_reason"])
 
     @inlineCallbacks
+    def test_credential_issued_shown_once_and_revoked(self):
+        """A credential issued in the form shows its token once; it links a client; revoking asks first, then drops it."""
+        yield self.start()
+        page = self.page
+        yield in_thread(page.fill, "#credential-form", {"tag": "office", "name": "router-1"})
+        yield in_thread(page.click, "#credential-form button[type=submit]")
+        yield in_thread(page.wait, lambda: page.shown("#new-token"), "the new token")
+        token = yield in_thread(lambda: page.one("#new-token-value").get_attribute("value"))
+        self.assertTrue(token.startswith("pmc_"), token)
+        self.assertEqual((yield in_thread(page.text, "#new-token-id")), "1")
+        self.assertIn("shown this once", (yield in_thread(page.text, "#new-token")))
+        self.assertEqual((yield in_thread(page.wait_cell, "credentials", 1, "used")), "never")
+
+        start_client(self, self.server.client_port, "--tag", "office", token=token)
+        clients = self.server.registry.clients
+        yield wait_for(lambda: len(clients) == 2, what="the client with the credential")
+        [linked] = [c.client_id for c in clients.values() if c.credential_id == 1]
+        yield in_thread(page.wait_cell, "credentials", 1, "clients", lambda text: text == str(linked))
+        yield in_thread(page.wait_cell, "clients", linked, "credential", lambda text: text == "1")
+
+        yield in_thread(page.click, "#new-token-done")
+        self.assertFalse((yield in_thread(page.shown, "#new-token")))
+        value = yield in_thread(lambda: page.one("#new-token-value").get_attribute("value"))
+        self.assertEqual(value, "")  # the page holds the token no longer
+        self.assertNotIn(token, (yield in_thread(page.text, "#credentials-panel")))
+
+        row = '#credentials tr[data-key="1"]'
+        yield in_thread(page.click, f'{row} button[data-action="revoke"]')
+        self.assertIn(linked, clients)  # only asked so far
+        self.assertIn("Revoke credential 1", (yield in_thread(page.text, f"{row} .confirm")))
+        yield in_thread(page.click, f'{row} button[data-action="yes"]')
+        yield in_thread(page.wait_gone, "credentials", 1)
+        yield wait_for(lambda: linked not in clients, what="the client to be dropped")
+        self.assertEqual(len(clients), 1)  # the shared token's client stays
+
+    @inlineCallbacks
     def test_admin_token_asked_once(self):
         """With --admin-token the page asks for it, says so when it is wrong, and keeps it across a reload."""
         yield self.start("--admin-token", ADMIN_TOKEN)

@@ -216,6 +216,58 @@ class ClientCommandTests(Live):
         self.assertIn(self.client_id, self.server.registry.clients)
 
 
+class CredentialCommandTests(Live):
+    """credentials issue, list and revoke."""
+
+    @inlineCallbacks
+    def test_issue_link_list_revoke(self):
+        """`issue` prints a token once that links a client; `list` shows it without the token;
+        `revoke` drops that client."""
+        out = yield self.ok("credentials", "issue", "--tag", "office", "--name", "router 1")
+        self.assertTrue(out.startswith("Credential 1 issued for tag office."), out)
+        self.assertIn("Keep it secret", out)
+        [token] = [word for word in out.split() if word.startswith("pmc_")]
+        start_client(self, self.server.client_port, "--tag", "office", token=token)
+        clients = self.server.registry.clients
+        yield wait_for(lambda: len(clients) == 2, what="the client with the credential")
+        [linked] = [c.client_id for c in clients.values() if c.credential_id == 1]
+
+        out = yield self.ok("credentials", "list")
+        table = rows(out)
+        self.assertEqual(table[0], ["CREDENTIAL", "NAME", "TAG", "CREATED", "LAST", "USED",
+                                    "CLIENTS"])
+        self.assertEqual(table[1][:4] + table[1][-1:], ["1", "router", "1", "office", str(linked)])
+        self.assertNotIn(token, out)
+        answer = json.loads((yield self.ok("credentials", "list", "--json")))
+        self.assertEqual(answer["1"]["client_ids"], [linked])
+
+        out = yield self.ok("credentials", "revoke", "1")
+        self.assertEqual(out, "Credential 1 is revoked; its clients were disconnected.\n")
+        yield wait_for(lambda: linked not in clients, timeout=5, what="the client to be dropped")
+        self.assertIn(self.client_id, clients)  # the shared token's client stays
+        self.assertEqual(rows((yield self.ok("credentials", "list")))[1:], [["(none)"]])
+
+    @inlineCallbacks
+    def test_issue_json(self):
+        """`issue --json` prints the API's answer, token included."""
+        answer = json.loads((yield self.ok("credentials", "issue", "--tag", "lab", "--json")))
+        self.assertEqual(answer["result"], "success")
+        self.assertEqual((answer["credential"]["tag"], answer["credential"]["name"]), ("lab", None))
+        self.assertTrue(answer["credential"]["token"].startswith("pmc_"))
+
+    @inlineCallbacks
+    def test_failures(self):
+        """A bad tag and an unknown credential are status 1 with the API's reason; no tag is a usage error."""
+        err = yield self.failing("credentials", "issue", "--tag", "no spaces")
+        self.assertTrue(err.startswith("portmapper-ctl: Parameter 'tag' must be"), err)
+        err = yield self.failing("credentials", "revoke", "9")
+        self.assertEqual(err, "portmapper-ctl: No credential with credential_id 9"
+                              " (or it is revoked already).\n")
+        status, out, err = yield self.ctl("credentials", "issue")
+        self.assertEqual(status, 2)
+        self.assertIn("--tag", err)
+
+
 class ChannelCommandTests(Live):
     """channels, close and history."""
 

@@ -205,6 +205,23 @@ class NumbersTests(SynchronousTestCase):
         self.assertEqual(len(mac.digest()), frames.PROOF_SIZES[frames.AUTH_SHARED_TOKEN])
 
 
+    def test_credentialProof(self):
+        """Method 1 as the doc spells it (token form, signed message, sizes) is what the code does."""
+        context = re.search(r'signed = "([^"]+)" \|\| nonce \|\| tag', self.doc).group(1)
+        length = int(re.search(r"(\d+) characters in all", self.doc).group(1))
+        token, public_key = auth.new_credential()
+        self.assertEqual(len(token), length)
+        self.assertTrue(token.startswith("pmc_") and "``pmc_``" in self.doc)
+        nonce = bytes(range(auth.NONCE_SIZE))
+        proof = auth.credential_proof(token, nonce, "office")
+        self.assertEqual(len(proof), frames.PROOF_SIZES[frames.AUTH_CREDENTIAL])
+        self.assertIn("``1`` *credential*, P = %d" % len(proof), " ".join(self.doc.split()))
+        self.assertEqual(proof[:32], public_key)
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            proof[32:], context.encode("ascii") + nonce + b"office")  # raises if not
+
+
 class ChannelRuleTests(SynchronousTestCase):
     """The frame table's channel column is the rule the code enforces."""
 

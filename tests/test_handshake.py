@@ -27,12 +27,14 @@ from portmapper.client.agent import ClientLinkFactory, ClientLinkHandler, LinkSe
 from portmapper.config import ClientSettings, ServerSettings
 from portmapper.protocol import auth, frames
 from portmapper.protocol.frames import (
-    AUTH, AUTH_SHARED_TOKEN, GOAWAY, GOAWAY_CLOSING, GOAWAY_DRAINING, HELLO, PING, PONG,
+    AUTH, AUTH_CREDENTIAL, AUTH_SHARED_TOKEN, GOAWAY, GOAWAY_CLOSING, GOAWAY_DRAINING, HELLO, PING, PONG,
     REFUSE, WELCOME,
 )
 from portmapper.server.core import PortMapperServer
 from portmapper.server.link import ILinkServer, ServerLinkFactory, ServerLinkHandler
-from portmapper.server.registry import CLIENT_LOST, CLOSED, PROTOCOL_ERROR, MemoryIds, Registry
+from portmapper.server.registry import (
+    CLIENT_LOST, CLOSED, PROTOCOL_ERROR, Credential, MemoryIds, Registry,
+)
 from portmapper.transport.link import ILinkOwner
 from tests.linkhelp import written
 from tests.linkpair import connectLinks, queued
@@ -58,9 +60,14 @@ class FakeServer:
         self.draining = []  # sessions
         self.disconnected = []  # (session, reason)
 
-    def clientConnected(self, link, ip, port, tag):
+    def clientConnected(self, link, ip, port, tag, credential=None):
         self.connected.append((ip, port, tag))
-        return self.registry.new_client(ip, port, tag, self.clock.seconds(), link)
+        session = self.registry.new_client(ip, port, tag, self.clock.seconds(), link)
+        session.credential_id = credential and credential.credential_id
+        return session
+
+    def findCredential(self, public_key):
+        return self.registry.credential_by_key(public_key)
 
     def clientDraining(self, session):
         self.draining.append(session)
@@ -382,6 +389,16 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual(server.draining, [session])
         self.assertEqual(server.disconnected, [(session, "closed by the peer: drained")])
 
+    def test_clientStopsAtOnceWhenItsLinkIsGone(self):
+        """A client service whose link the server dropped stops at once: nothing to drain."""
+        server, slink, clink, pump = connectPair(self.clock)
+        slink.close("closed by admin")
+        pump.flush()
+        self.assertEqual(len(server.disconnected), 1)
+        stopped = LinkService(None, clink.owner.factory, 5.0, self.clock).stopService()
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_protocolErrorAfterWelcome(self):
         """An admitted client breaking the protocol is closed, and its channels' reason says so."""
         server, slink, clink, pump = connectPair(self.clock)
@@ -400,13 +417,91 @@ class HandshakeTests(SynchronousTestCase):
                          [(session, "protocol error: unknown frame type 255")])
 
     def test_wrongProofMethod(self):
-        """The handler refuses a proof of any method but the shared token's, right or not."""
+        """The handler refuses a proof of a method it does not know, right or not."""
         server, slink, nonce = connectServer(self.clock)
-        slink.owner.authenticate(slink, AUTH_SHARED_TOKEN + 1, auth.proof(TOKEN, nonce, TAG),
+        slink.owner.authenticate(slink, AUTH_CREDENTIAL + 1, auth.proof(TOKEN, nonce, TAG),
                                  TAG, nonce)
         [(ftype, _, reason)] = written(slink)
         self.assertEqual((ftype, reason), (REFUSE, b"client refused: wrong token"))
         self.assertEqual(server.connected, [])
+
+
+class CredentialHandshakeTests(SynchronousTestCase):
+    """A client with a credential token is admitted for the credential's tag only, while it
+    is not revoked; the shared token still works beside it."""
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.server = FakeServer(self.clock)
+        self.token, public_key = auth.new_credential()
+        self.credential = Credential(3, "router-1", TAG, public_key, 0.0)
+        self.server.registry.add_credential(self.credential)
+
+    def link(self, token=None, tag=TAG):
+        """A pair whose client holds ``token`` (the credential's by default), pumped through."""
+        with capturedLogs() as events:
+            slink, clink, pump = connectLinks(self.server, clientSettings(
+                token=self.token if token is None else token, tag=tag), self.clock, PEER)
+            pump.flush()
+        self.logged = loggedText(events)
+        return slink, clink
+
+    def assertRefused(self, clink, reason):
+        """The client was refused, and logged the server's ``reason``."""
+        self.assertFalse(clink.connection.established)
+        self.assertEqual(clink.owner.factory.unwelcomed, 1)
+        self.assertEqual(self.server.connected, [])
+        self.assertIn(f"the server refused this client: client refused: {reason}", self.logged)
+
+    def test_accepted(self):
+        """The credential's token for its own tag is welcomed; the session records the credential."""
+        slink, clink = self.link()
+        self.assertEqual(clink.owner.client_id, CLIENT_ID)
+        self.assertEqual(self.server.connected, [("203.0.113.9", 40000, TAG)])
+        self.assertEqual(slink.owner.session.credential_id, 3)
+
+    def test_sharedTokenStillWorks(self):
+        """A client with the shared token is welcomed beside credentials, with no credential."""
+        slink, clink = self.link(token=TOKEN)
+        self.assertEqual(clink.owner.client_id, CLIENT_ID)
+        self.assertIsNone(slink.owner.session.credential_id)
+
+    def test_otherTagRefused(self):
+        """A credential announcing another tag is refused, the reason naming both tags."""
+        slink, clink = self.link(tag="tag11")
+        self.assertRefused(clink, f"this credential is for tag {TAG}, not tag11")
+
+    def test_revokedRefused(self):
+        """A revoked credential is refused as such."""
+        self.credential.revoked = True
+        slink, clink = self.link()
+        self.assertRefused(clink, "credential revoked")
+
+    def test_unknownRefused(self):
+        """A credential the server never issued is refused."""
+        slink, clink = self.link(token=auth.new_credential()[0])
+        self.assertRefused(clink, "unknown credential")
+
+    def test_wrongKeyRefused(self):
+        """A known public key with a signature made by another key is refused."""
+        other, _ = auth.new_credential()
+        server, slink, nonce = connectServer(self.clock)
+        server.registry.add_credential(self.credential)
+        forged = self.credential.public_key + auth.credential_proof(other, nonce, TAG)[32:]
+        slink.dataReceived(frames.auth(AUTH_CREDENTIAL, forged, TAG))
+        [(ftype, _, reason)] = written(slink)
+        self.assertEqual((ftype, reason), (REFUSE, b"client refused: wrong credential proof"))
+        self.assertEqual(server.connected, [])
+
+    def test_replayRefused(self):
+        """A credential's proof captured on one link does not admit anyone on another."""
+        server, slink, nonce = connectServer(self.clock)
+        captured = auth.credential_proof(self.token, nonce, TAG)
+        server2, slink2, _ = connectServer(self.clock)
+        server2.registry.add_credential(self.credential)
+        slink2.dataReceived(frames.auth(AUTH_CREDENTIAL, captured, TAG))
+        [(ftype, _, reason)] = written(slink2)
+        self.assertEqual((ftype, reason), (REFUSE, b"client refused: wrong credential proof"))
 
 
 class BadPeerTests(SynchronousTestCase):

@@ -544,7 +544,8 @@ def failing(version):
 
 
 LATEST_TABLES = schema.V1_TABLES | {
-    "schema_version", "id_blocks", "open_channels", "open_clients", "last_write"}
+    "schema_version", "id_blocks", "credentials", "sqlite_sequence",
+    "open_channels", "open_clients", "last_write"}
 
 
 class SchemaTests(StoreCase):
@@ -560,9 +561,8 @@ class SchemaTests(StoreCase):
         """A new database is created at the latest version, id_blocks seeded with 1."""
         store = yield self.open()
         yield store.stop()
-        self.assertEqual(schema.LATEST, 3)
         self.assertEqual(inspect(self.path),
-                         ([(3,)], LATEST_TABLES, {"client_id": 1, "channel_id": 1}))
+                         ([(schema.LATEST,)], LATEST_TABLES, {"client_id": 1, "channel_id": 1}))
 
     @inlineCallbacks
     def test_v1_upgraded_rows_intact(self):
@@ -583,7 +583,7 @@ class SchemaTests(StoreCase):
         self.assertEqual((yield store.last_ids()), (4, 17))
         yield store.stop()
         self.assertEqual(inspect(self.path),
-                         ([(3,)], LATEST_TABLES, {"client_id": 5, "channel_id": 18}))
+                         ([(schema.LATEST,)], LATEST_TABLES, {"client_id": 5, "channel_id": 18}))
 
         # Upgraded or created new, a database ends with the same schema.
         upgraded, self.path = self.path, os.path.join(self.mktemp(), "new.sqlite3")
@@ -593,11 +593,12 @@ class SchemaTests(StoreCase):
     @inlineCallbacks
     def test_future_version_refused(self):
         """A database newer than the code is refused with one sentence, and left untouched."""
-        message = yield self.refused_after("UPDATE schema_version SET version = 4")
-        self.assertEqual(message, f"{self.path} has schema version 4, but this portmapper knows"
-                                  " versions up to 3 only: run a newer portmapper, or use"
-                                  " another data directory.")
-        self.assertEqual(inspect(self.path)[0], [(4,)])
+        newer = schema.LATEST + 1
+        message = yield self.refused_after(f"UPDATE schema_version SET version = {newer}")
+        self.assertEqual(message, f"{self.path} has schema version {newer}, but this portmapper"
+                                  f" knows versions up to {schema.LATEST} only: run a newer"
+                                  " portmapper, or use another data directory.")
+        self.assertEqual(inspect(self.path)[0], [(newer,)])
 
     @inlineCallbacks
     def test_failed_upgrade_rolled_back(self):
@@ -615,7 +616,7 @@ class SchemaTests(StoreCase):
         self.assertEqual((yield store.last_ids()), (0, 9))
         yield store.stop()
         self.assertEqual(inspect(self.path),
-                         ([(3,)], LATEST_TABLES, {"client_id": 1, "channel_id": 10}))
+                         ([(schema.LATEST,)], LATEST_TABLES, {"client_id": 1, "channel_id": 10}))
 
     @inlineCallbacks
     def test_failed_creation_leaves_nothing(self):
@@ -628,7 +629,7 @@ class SchemaTests(StoreCase):
 
         self.patch(schema, "read", READ)
         yield (yield self.open()).stop()
-        self.assertEqual(inspect(self.path)[:2], ([(3,)], LATEST_TABLES))
+        self.assertEqual(inspect(self.path)[:2], ([(schema.LATEST,)], LATEST_TABLES))
 
     @inlineCallbacks
     def test_foreign_database_refused(self):

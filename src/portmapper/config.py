@@ -17,6 +17,7 @@ import attr
 from twisted.python import usage
 
 from portmapper import validate
+from portmapper.protocol import auth
 from portmapper.protocol.connection import HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT
 from portmapper.protocol.windows import DEFAULT_WINDOW, MAX_WINDOW
 from portmapper.transport import endpoints
@@ -145,6 +146,13 @@ def _nonempty(text):
     return text
 
 
+def _client_token(text):
+    """The shared token (any text), or a whole credential token (``pmc_...``)."""
+    if auth.looks_like_credential(text):
+        auth.credential_seed(text)
+    return text
+
+
 def _window(text):
     value = _positive_int(text)
     if not 16 * 1024 <= value <= 64 * 1024 * 1024:
@@ -188,7 +196,8 @@ SERVER_KEYS = {
 CLIENT_KEYS = {
     "server": (endpoints.client_spec, "Endpoint of the server's client port."),
     "tag": (validate.tag, "Tag announced to the server; mappings pick clients by tag."),
-    "token": (_text, "Shared secret (the server's --token)."),
+    "token": (_client_token,
+              "The server's shared --token, or a credential token (pmc_...) it issued."),
     "allow": (AllowList.parse, "Targets this client may open, e.g. '192.168.0.0/16:22,80'."),
     "window": (_window, "Per-channel flow-control window to start with, bytes."),
     "max_window": (_max_window, "Largest a channel's window may grow to on a long fat link, bytes."),

@@ -294,6 +294,43 @@ def cmd_client_history(api, args, out):
         ("ADDRESS", lambda r: _address(r["ip"], r["port"])), *CLOSED]))
 
 
+# -- credentials ------------------------------------------------------------------------
+
+def cmd_credential_issue(api, args, out):
+    def render(answer):
+        c = answer["credential"]
+        return "\n".join([
+            f"Credential {c['credential_id']} issued for tag {c['tag']}. Its token, shown this once:",
+            "",
+            f"    {c['token']}",
+            "",
+            "Keep it secret: give it to that one client (portmapper-client --token ...) and store",
+            "it nowhere else. The server keeps no copy; if it is lost, issue another and revoke",
+            "this one."])
+    d = api.call("POST", "/credential", tag=args.tag, name=args.name)
+    return d.addCallback(out.show, render)
+
+
+def cmd_credential_list(api, args, out):
+    def render(answer):
+        return table([("CREDENTIAL", _field("credential_id")), ("NAME", _field("name", _or_dash)),
+                      ("TAG", _field("tag")), ("CREATED", _field("created_time")),
+                      ("LAST USED", _field("last_used_time", _or_dash)),
+                      ("CLIENTS", lambda r: ",".join(map(str, r["client_ids"])) or "-")],
+                     _keyed(answer, "credential_id"))
+    return api.get("/credential").addCallback(out.show, render)
+
+
+def cmd_credential_revoke(api, args, out):
+    d = api.call("DELETE", "/credential", credential_id=args.credential_id)
+    return d.addCallback(out.show, lambda _: (
+        f"Credential {args.credential_id} is revoked; its clients were disconnected."))
+
+
+def _or_dash(value):
+    return "-" if value is None else str(value)
+
+
 # -- top ------------------------------------------------------------------------------
 
 @inlineCallbacks
@@ -448,6 +485,26 @@ def _add_commands(commands, common):
 
     paging(command("client-history", cmd_client_history,
                    "List disconnected clients, newest first."))
+
+    credentials = commands.add_parser(
+        "credentials", help="Issue, list and revoke per-client credentials.",
+        description="Issue, list and revoke per-client credentials.").add_subparsers(
+        title="credential commands", metavar="COMMAND", dest="credential_command")
+    credentials.required = True
+
+    def credential_command(name, function, help):
+        parser = credentials.add_parser(name, parents=[common], help=help, description=help)
+        parser.set_defaults(run=function)
+        return parser
+
+    p = credential_command("issue", cmd_credential_issue,
+                           "Issue a credential for clients tagged TAG; prints its token once.")
+    p.add_argument("--tag", required=True, help="the one tag the credential's client may announce")
+    p.add_argument("--name", help="a name to tell it by (router-1, say)")
+    credential_command("list", cmd_credential_list, "List the credentials (never their tokens).")
+    p = credential_command("revoke", cmd_credential_revoke,
+                           "Revoke a credential: its clients are dropped and refused from now on.")
+    p.add_argument("credential_id", type=_positive(int), metavar="CREDENTIAL_ID")
 
     p = command("top", cmd_top, "Show clients and channels with their speeds, live.")
     p.add_argument("--interval", type=_positive(float), default=1.0,

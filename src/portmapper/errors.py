@@ -49,6 +49,12 @@ class UnknownChannel(NotFound):
         self.channel_id = channel_id
 
 
+class UnknownCredential(NotFound):
+    def __init__(self, credential_id):
+        super().__init__(f"No credential with credential_id {credential_id} (or it is revoked already).")
+        self.credential_id = credential_id
+
+
 class Conflict(PortMapperError):
     status = 409
 

@@ -1,6 +1,6 @@
 """
-The one home of the rules for values a user gives: tags, hosts, addresses,
-ports, port lists and network lists.
+The one home of the rules for values a user gives: tags, names, hosts,
+addresses, ports, port lists and network lists.
 
 The client's config, the server's config, the admin API and the link's
 handshake all check these values with the functions here, so a value one of
@@ -35,6 +35,19 @@ def tag(text):
     """``text`` if it is a tag."""
     if not is_tag(text):
         raise ValueError(f"must be {TAG_RULE}")
+    return text
+
+
+# -- names (of credentials) ------------------------------------------------------
+
+NAME_PATTERN = re.compile(r"[ -~]{1,64}")
+NAME_RULE = "1 to 64 printable ASCII characters"
+
+
+def name(text):
+    """``text`` if it is a name: 1 to 64 printable ASCII characters (spaces too)."""
+    if NAME_PATTERN.fullmatch(text) is None:
+        raise ValueError(f"must be {NAME_RULE}")
     return text
 
 

@@ -65,6 +65,7 @@ GOAWAY_DRAINING = 1  # no new channels either way; open ones carry on, then the 
 
 # AUTH proof methods
 AUTH_SHARED_TOKEN = 0  # HMAC-SHA256 of the nonce and tag with the shared token (32 bytes)
+AUTH_CREDENTIAL = 1  # a credential's Ed25519 public key (32) and signature of the nonce and tag (64)
 
 # Channel ids are uint32; 0 is the link itself.
 MAX_CHANNEL_ID = 2**32 - 1
@@ -78,7 +79,7 @@ _FAIL = struct.Struct(">B")  # code; then reason (UTF-8)
 _HELLO = struct.Struct(">4sB32s")  # magic, version, nonce
 _AUTH = struct.Struct(">4sBB")  # magic, version, proof method; then proof, tag (UTF-8)
 _GOAWAY = struct.Struct(">B")  # code; then reason (UTF-8)
-PROOF_SIZES = {AUTH_SHARED_TOKEN: 32}
+PROOF_SIZES = {AUTH_SHARED_TOKEN: 32, AUTH_CREDENTIAL: 32 + 64}
 
 
 class ProtocolError(Exception):

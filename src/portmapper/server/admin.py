@@ -1,5 +1,6 @@
 """
-The admin JSON API (``docs/api.rst``): port mappings, clients, channels, history.
+The admin JSON API (``docs/api.rst``): port mappings, clients, channels,
+credentials, history.
 
 :class:`AdminAPI` is a Klein app over a running server (anything that
 provides :class:`~portmapper.server.interfaces.IPortMapperServer`); serve
@@ -56,6 +57,7 @@ ID = (_integer(1, 2**63 - 1), "a positive integer")
 LIMIT = (_integer(1, MAX_LIMIT), f"an integer from 1 to {MAX_LIMIT}")
 HOST = (validate.host, validate.HOST_RULE)
 TAG = (validate.tag, validate.TAG_RULE)
+NAME = (validate.name, validate.NAME_RULE)
 
 
 def _param(request, name, kind, default=_REQUIRED):
@@ -255,7 +257,7 @@ class AdminAPI:
     def _client_json(self, client, now):
         return {
             "ip": client.ip, "port": client.port, "tag": client.tag, "state": client.state,
-            **_live(client.meter, now),
+            **_live(client.meter, now), "credential_id": client.credential_id,
         }
 
     @app.route("/client_connection", methods=["GET"])
@@ -286,6 +288,43 @@ class AdminAPI:
         before = _param(request, "before", ID, default=None)
         d = self._server.client_history(client_id=client_id, limit=limit + 1, before=before)
         return d.addCallback(_page, limit, "client_id")
+
+    # -- credentials: the token is in the answer to POST only, never again -----
+
+    @app.route("/credential", methods=["POST"])
+    @_json
+    def post_credential(self, request):
+        tag = _param(request, "tag", TAG)
+        name = _param(request, "name", NAME, default=None)
+
+        def issued(result):
+            credential, token = result
+            return {**SUCCESS, "credential": {
+                "credential_id": credential.credential_id, "name": credential.name,
+                "tag": credential.tag, "token": token}}
+
+        return maybeDeferred(self._server.issue_credential, tag, name).addCallback(issued)
+
+    @app.route("/credential", methods=["GET"])
+    @_json
+    def get_credential(self, request):
+        clients = {}
+        for client in self._server.clients().values():
+            clients.setdefault(client.credential_id, []).append(client.client_id)
+        credentials = self._server.credentials()
+        return {str(i): {
+            "name": credentials[i].name, "tag": credentials[i].tag,
+            "created_time": _local_time(credentials[i].created_time),
+            "last_used_time": _local_time(credentials[i].last_used_time),
+            "client_ids": sorted(clients.get(i, [])),
+        } for i in sorted(credentials)}
+
+    @app.route("/credential", methods=["DELETE"])
+    @_json
+    def delete_credential(self, request):
+        credential_id = _param(request, "credential_id", ID)
+        d = maybeDeferred(self._server.revoke_credential, credential_id)
+        return d.addCallback(lambda _: SUCCESS)
 
     # -- channels -------------------------------------------------------------
 

@@ -4,16 +4,19 @@ The mapping keeper: the server's live state and what can be done to it.
 ``PortMapperServer`` holds the port mappings, the connected clients and the
 open channels (in a :class:`~portmapper.server.registry.Registry`), and
 offers the operations of the admin API (:class:`IPortMapperServer`): create
-and delete mappings, kick clients, close channels, read history.  The links
-and public ports report to it (``clientConnected``, ``channelClosed`` ...).
+and delete mappings, kick clients, close channels, issue and revoke
+credentials, read history.  The links and public ports report to it
+(``clientConnected``, ``channelClosed`` ...).
 
 It is one child of the service ``server/tap.py`` composes, started once the
 store is open: starting it closes what a server that died left open in
 history (``server lost``), reserves the first blocks of ids on disk, and
-brings back the stored mappings, each listening again; ``whenStarted()``
-fires when that is done.  Channels and client links are noted in the store
-when they open, so that the next start can do that.  Connections refused
-at accept are counted, not recorded one by one: see :meth:`refused`.  Stopping it stops the
+brings back the stored credentials (all of them are kept in memory, so a
+handshake never waits on the disk) and mappings, each listening again;
+``whenStarted()`` fires when that is done.  Channels and client links are
+noted in the store when they open, so that the next start can do that.
+Connections refused at accept are counted, not recorded one by one: see
+:meth:`refused`.  Stopping it stops the
 public ports and closes every channel and link; the client port and the
 admin API have stopped before it, the store stops after it.
 """
@@ -28,14 +31,18 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from portmapper.errors import MappingExists, PortUnavailable, UnknownChannel, UnknownClient, UnknownMapping
+from portmapper.errors import (
+    MappingExists, PortUnavailable, UnknownChannel, UnknownClient, UnknownCredential, UnknownMapping,
+)
+from portmapper.protocol import auth
 from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.link import ILinkServer
 from portmapper.server.public import PublicFactory
 from portmapper.server.refusals import Refusals
 from portmapper.server.registry import (
-    CLOSED, CLOSED_BY_ADMIN, DRAINING, MAPPING_DELETED, NO_CLIENT, PROTOCOL_ERROR,
-    SERVER_LOST, SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, IdBlocks, Mapping, Registry,
+    CLOSED, CLOSED_BY_ADMIN, CREDENTIAL_REVOKED, DRAINING, MAPPING_DELETED, NO_CLIENT,
+    PROTOCOL_ERROR, SERVER_LOST, SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Credential, IdBlocks,
+    Mapping, Registry,
 )
 from portmapper.transport.endpoints import tcp_server_endpoint
 
@@ -83,6 +90,8 @@ class PortMapperServer(Service):
                for kind in ("client", "channel")]
         yield gatherResults([blocks.start() for blocks in ids], consumeErrors=True)
         self.registry.use_ids(*ids)
+        for row in (yield self.store.load_credentials()):
+            self.registry.add_credential(Credential(**row))
         for public_port, target_ip, target_port, tag in (yield self.store.load_mappings()):
             yield self._restore(Mapping(public_port, target_ip, target_port, tag))
 
@@ -119,6 +128,7 @@ class PortMapperServer(Service):
             log.info("draining: {count} channel(s) may finish within {timeout:g} s",
                      count=len(self.registry.channels), timeout=self.settings.drain_timeout)
             for session in list(self.registry.clients.values()):
+                session.closing(SERVER_STOPPED)
                 session.link.goAway("the server is stopping")
             yield self._drained(self.settings.drain_timeout)
         if self.registry.channels:
@@ -206,8 +216,9 @@ class PortMapperServer(Service):
 
     # -- clients and channels -------------------------------------------------
 
-    def clientConnected(self, link, ip, port, tag):
-        session = self.registry.new_client(ip, port, tag, self.clock.seconds(), link)
+    def clientConnected(self, link, ip, port, tag, credential=None):
+        now = self.clock.seconds()
+        session = self.registry.new_client(ip, port, tag, now, link)
         if session is None:  # no client id on disk yet (logged by IdBlocks)
             link.refuse("the server is busy, try again")
             return None
@@ -215,9 +226,19 @@ class PortMapperServer(Service):
             "client_id": session.client_id, "ip": ip, "port": port, "tag": tag,
             "init_time": session.init_time,
         })
-        log.info("client {client_id} connected from {ip}:{port} with tag {tag}",
-                 client_id=session.client_id, ip=ip, port=port, tag=tag)
+        if credential is not None:
+            session.credential_id = credential.credential_id
+            credential.last_used_time = now
+            self.store.credential_used(credential.credential_id, now).addErrback(
+                lambda f: log.failure("could not record the use of credential {credential_id}",
+                                      f, credential_id=credential.credential_id))
+        log.info("client {client_id} connected from {ip}:{port} with tag {tag}"
+                 " (credential {credential_id})", client_id=session.client_id, ip=ip, port=port,
+                 tag=tag, credential_id=session.credential_id)
         return session
+
+    def findCredential(self, public_key):
+        return self.registry.credential_by_key(public_key)
 
     def clientDraining(self, session):
         """The client takes no new channels (it is stopping); its open ones carry on."""
@@ -311,6 +332,38 @@ class PortMapperServer(Service):
         if channel is None:
             raise UnknownChannel(channel_id)
         channel.user.close(CLOSED_BY_ADMIN)
+
+    # -- credentials ------------------------------------------------------------
+
+    def credentials(self):
+        return MappingProxyType(
+            {i: c for i, c in self.registry.credentials.items() if not c.revoked})
+
+    @inlineCallbacks
+    def issue_credential(self, tag, name=None):
+        """A new credential for ``tag``, stored: fires with ``(Credential, token)``."""
+        token, public_key = auth.new_credential()
+        now = self.clock.seconds()
+        credential_id = yield self.store.add_credential(name, tag, public_key, now)
+        credential = Credential(credential_id, name, tag, public_key, now)
+        self.registry.add_credential(credential)
+        log.info("credential {credential_id} issued for tag {tag}",
+                 credential_id=credential_id, tag=tag)
+        return credential, token
+
+    @inlineCallbacks
+    def revoke_credential(self, credential_id):
+        """Refuse the credential from now on, drop the clients linked with it, store that."""
+        credential = self.registry.credentials.get(credential_id)
+        if credential is None or credential.revoked:
+            raise UnknownCredential(credential_id)
+        credential.revoked = True
+        for session in list(self.registry.clients.values()):
+            if session.credential_id == credential_id:
+                session.closing(CREDENTIAL_REVOKED)
+                session.link.close("credential revoked")
+        yield self.store.revoke_credential(credential_id)
+        log.info("credential {credential_id} revoked", credential_id=credential_id)
 
     # -- history --------------------------------------------------------------
 

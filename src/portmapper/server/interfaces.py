@@ -27,6 +27,9 @@ class IPortMapperServer(Interface):
     def channels():
         """The open channels: channel_id -> :class:`~portmapper.server.registry.Channel`."""
 
+    def credentials():
+        """The credentials not revoked: credential_id -> :class:`~portmapper.server.registry.Credential`."""
+
     # -- operations: each fails with a PortMapperError the API turns into a status --
 
     def add_mapping(public_port, target_ip, target_port, tag):
@@ -45,6 +48,12 @@ class IPortMapperServer(Interface):
 
     def close_channel(channel_id):
         """Close an open channel; UnknownChannel if none."""
+
+    def issue_credential(tag, name=None):
+        """A new credential for clients tagged ``tag``: a Deferred firing with (Credential, token)."""
+
+    def revoke_credential(credential_id):
+        """Refuse a credential from now on and drop its clients; UnknownCredential if none."""
 
     # -- history: Deferreds firing with lists of dicts, newest first ----------
 

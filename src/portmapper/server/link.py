@@ -2,8 +2,9 @@
 The server's side of a tunnel link: one ``ServerLinkHandler`` per connected
 client, the :class:`~portmapper.transport.link.ILinkOwner` of its link.
 
-It checks the client's proof of the shared token, admits the client into
-the registry under its tag, takes it out of service once its link starts
+It checks the client's proof (of the shared token, or of a credential the
+server issued: known, not revoked, for the tag announced), admits the client
+into the registry under its tag, takes it out of service once its link starts
 closing, and tells the server when the link is gone.
 Channels are opened on the link by the public ports (``public.py``).
 What it asks of the server is :class:`ILinkServer`.
@@ -14,7 +15,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from portmapper.protocol import auth
 from portmapper.protocol.connection import SERVER, Connection
-from portmapper.protocol.frames import AUTH_SHARED_TOKEN
+from portmapper.protocol.frames import AUTH_CREDENTIAL, AUTH_SHARED_TOKEN
 from portmapper.server.registry import CLOSED, PROTOCOL_ERROR
 from portmapper.transport.link import ILinkOwner, LinkProtocol
 
@@ -25,9 +26,15 @@ class ILinkServer(Interface):
     settings = Attribute("The ServerSettings: token, windows, keepalive and handshake timeouts.")
     clock = Attribute("The IReactorTime the links take the time and their timers from.")
 
-    def clientConnected(link, ip, port, tag):
-        """A client at ``ip:port`` proved the token for ``tag``: admit it; returns its
-        ClientSession, or None if the server refused the link instead."""
+    def clientConnected(link, ip, port, tag, credential=None):
+        """
+        A client at ``ip:port`` proved the token (or ``credential``, a
+        registry Credential) for ``tag``: admit it; returns its
+        ClientSession, or None if the server refused the link instead.
+        """
+
+    def findCredential(public_key):
+        """The credential (revoked or not) with this Ed25519 public key, or None."""
 
     def clientDraining(session):
         """The client takes no new channels; its open ones carry on."""
@@ -45,12 +52,19 @@ class ServerLinkHandler:
         self.session = None  # the registry's ClientSession, once admitted
 
     def authenticate(self, link, method, proof, tag, nonce):
-        if method != AUTH_SHARED_TOKEN or not auth.verify(
+        credential = None
+        if method == AUTH_CREDENTIAL:
+            credential, why = self._check_credential(proof, tag, nonce)
+        elif method == AUTH_SHARED_TOKEN and auth.verify(
                 self.server.settings.token, nonce, tag, proof):
-            link.refuse("wrong token")
+            why = None
+        else:
+            why = "wrong token"
+        if why is not None:
+            link.refuse(why)
             return
         peer = link.transport.getPeer()
-        self.session = self.server.clientConnected(link, peer.host, peer.port, tag)
+        self.session = self.server.clientConnected(link, peer.host, peer.port, tag, credential)
         if self.session is None:
             return  # the server refused the link
         meter, conn = self.session.meter, link.connection
@@ -58,6 +72,20 @@ class ServerLinkHandler:
         meter.send_bytes += conn.meter.send_bytes
         conn.meter = meter
         link.accept(self.session.client_id)
+
+    def _check_credential(self, proof, tag, nonce):
+        """``(credential, None)`` if the proof is good for ``tag``, else ``(None, why)``."""
+        public_key, signature = auth.split_credential_proof(proof)
+        credential = self.server.findCredential(public_key)
+        if credential is None:
+            return None, "unknown credential"
+        if not auth.verify_credential(public_key, nonce, tag, signature):
+            return None, "wrong credential proof"
+        if credential.revoked:
+            return None, "credential revoked"
+        if credential.tag != tag:
+            return None, f"this credential is for tag {credential.tag}, not {tag}"
+        return credential, None
 
     def welcomed(self, link, client_id):
         raise NotImplementedError("only a client is welcomed")

@@ -1,5 +1,6 @@
 """
-The server's live state: port mappings, connected clients, open channels.
+The server's live state: port mappings, connected clients, open channels,
+and the credentials clients may link with.
 
 These are plain attrs records plus the lookups the rest of the server
 needs; nothing here touches a socket.  ``Registry`` hands out ids that are
@@ -79,6 +80,7 @@ class ClientSession:
     state = attr.ib(default=WORKING)
     channels = attr.ib(factory=set, repr=False)  # channel ids carried
     close_reason = attr.ib(default=None)  # decided before the link goes: the first wins
+    credential_id = attr.ib(default=None)  # the credential it linked with; None: the shared token
 
     @property
     def init_time(self):
@@ -92,6 +94,19 @@ class ClientSession:
     def lost_reason(self):
         """Why the link (and the channels on it) closed."""
         return self.close_reason or CLIENT_LOST
+
+
+@attr.s(slots=True, eq=False)
+class Credential:
+    """A client's credential: only its public key, never its token."""
+
+    credential_id = attr.ib()
+    name = attr.ib()
+    tag = attr.ib()
+    public_key = attr.ib(repr=False)
+    created_time = attr.ib()
+    last_used_time = attr.ib(default=None)
+    revoked = attr.ib(default=False)
 
 
 @attr.s(slots=True, eq=False)
@@ -234,6 +249,8 @@ class Registry:
     mappings = attr.ib(factory=dict)  # public port -> Mapping
     clients = attr.ib(factory=dict)  # client_id -> ClientSession
     channels = attr.ib(factory=dict)  # channel_id -> Channel
+    credentials = attr.ib(factory=dict)  # credential_id -> Credential, revoked ones too
+    _credential_keys = attr.ib(factory=dict)  # public key -> Credential
     _client_ids = attr.ib(factory=MemoryIds)  # anything with take(): an id, or None
     _channel_ids = attr.ib(factory=MemoryIds)
     _round_robin = attr.ib(factory=dict)  # tag -> count of picks so far
@@ -270,6 +287,14 @@ class Registry:
     def new_channel_id(self):
         """A channel id for a history row that is no live channel (refusals), or None."""
         return self._channel_ids.take()
+
+    def add_credential(self, credential):
+        self.credentials[credential.credential_id] = credential
+        self._credential_keys[credential.public_key] = credential
+
+    def credential_by_key(self, public_key):
+        """The credential (revoked or not) whose public key this is; or None."""
+        return self._credential_keys.get(public_key)
 
     def pick_client(self, tag):
         """A WORKING (not draining) client with ``tag``, round-robin among them; or None."""

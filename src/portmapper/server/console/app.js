@@ -2,7 +2,8 @@
  * The portmapper dashboard.  Reads the admin JSON API about once a second
  * (the next read starts only after the last one ended, so a slow server is
  * never sent a pile of requests) and shows mappings, clients, open channels
- * and history; creates and deletes mappings, kicks clients, closes channels.
+ * and history; creates and deletes mappings, kicks clients, closes channels,
+ * issues credentials (showing each token once, never stored) and revokes them.
  *
  * Plain DOM, no framework.  Every value from the API enters the page as
  * text (textContent, text nodes), never as HTML.  Tables are keyed: a row is
@@ -213,6 +214,7 @@ const data = {
   clientPort: null,
   mappings: [],        // [{port, value}]
   clients: [],         // [{id, value}]
+  credentials: [],     // [{id, value}] from /credential: never a token
   channels: [],        // [{id, port, value}] from /channel, sorted by port then id
   details: new Map(),  // channel id -> /channel?channel_id= answer
   samples: new Map(),  // client id -> [{t, recv, send}] for the sparklines
@@ -221,7 +223,7 @@ const data = {
   historyFor: null,    // the historyQuery() that `history` answers
   nextBefore: null,
 };
-const problems = { mappings: "", clients: "", channels: "", history: "" };
+const problems = { mappings: "", clients: "", credentials: "", channels: "", history: "" };
 const view = {
   channelPort: "",                 // channels panel filter
   selected: new Set(),             // channel ids ticked
@@ -247,6 +249,11 @@ async function load(panel, work) {
 async function loadMappings() {
   const answer = await api("GET", "port_mapper");
   data.mappings = Object.entries(answer).map(([port, value]) => ({ port, value }));
+}
+
+async function loadCredentials() {
+  const answer = await api("GET", "credential");
+  data.credentials = Object.entries(answer).map(([id, value]) => ({ id, value }));
 }
 
 async function loadClients() {
@@ -329,8 +336,24 @@ const clientTable = new LiveTable($("#clients"), [
     title: `Receiving (blue) and sending (orange) while this page watched, up to ${SPARK_SECONDS / 60} minutes`,
     make: (td) => td.append(sparkline()), sync: (td, c) => drawSparkline(td.firstChild, data.samples.get(c.id) || []),
   },
+  { id: "credential", label: "Credential", title: "The credential it linked with, or the shared token",
+    text: (c) => (c.value.credential_id == null ? "shared token" : String(c.value.credential_id)) },
   { id: "actions", label: "", make: actionCell("Kick", (c) => api("DELETE", "client_connection", { client_id: c.id })) },
 ], (c) => c.id, "No client is linked.");
+
+const credentialTable = new LiveTable($("#credentials"), [
+  { id: "id", label: "Credential", text: (c) => c.id },
+  { id: "name", label: "Name", text: (c) => c.value.name ?? "—" },
+  { id: "tag", label: "Tag", text: (c) => c.value.tag },
+  { id: "created", label: "Issued", text: (c) => c.value.created_time },
+  { id: "used", label: "Last used", text: (c) => c.value.last_used_time ?? "never" },
+  { id: "clients", label: "Clients", text: (c) => c.value.client_ids.join(", ") || "—" },
+  {
+    id: "actions", label: "",
+    make: actionCell("Revoke", (c) => api("DELETE", "credential", { credential_id: c.id }),
+      (c) => `Revoke credential ${c.id}, dropping its clients and refusing it from now on?`),
+  },
+], (c) => c.id, "No credential issued: clients use the shared token.");
 
 const SVG = "http://www.w3.org/2000/svg";
 const SPARK_W = 140, SPARK_H = 28;
@@ -474,6 +497,7 @@ function render() {
   }
   mappingTable.update(data.mappings);
   clientTable.update(data.clients);
+  credentialTable.update(data.credentials);
   renderPortChoice();
   renderChannels();
   const current = data.historyFor === historyQuery();
@@ -547,6 +571,7 @@ async function refresh() {
     data.clientPort === null ? api("GET", "client_port").then((a) => { data.clientPort = a.client_port; }) : null,
     load("mappings", loadMappings),
     load("clients", loadClients),
+    load("credentials", loadCredentials),
     load("channels", loadChannels),
     load("history", loadHistory),
   ]);
@@ -608,6 +633,43 @@ $("#map-form").addEventListener("submit", (event) => {
     return `Port ${params.port} now maps to ${address(params.mapper_ip, params.mapper_port)}.`;
   });
 });
+
+// The token is in the page only while its box is shown: never in `data`, never stored.
+function showToken(credential) {
+  setText($("#new-token-id"), String(credential.credential_id));
+  $("#new-token-value").value = credential.token;
+  $("#new-token").hidden = false;
+  $("#new-token-value").select();
+}
+
+function hideToken() {
+  $("#new-token-value").value = "";
+  $("#new-token").hidden = true;
+}
+
+$("#credential-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  const params = Object.fromEntries(new FormData(form));
+  act(form.querySelector("button"), $("#credential-message"), async () => {
+    const answer = await api("POST", "credential", params);
+    form.reset();
+    showToken(answer.credential);
+    return `Credential ${answer.credential.credential_id} issued for tag ${answer.credential.tag}.`;
+  });
+});
+
+$("#new-token-copy").addEventListener("click", async () => {
+  $("#new-token-value").select();
+  try {
+    await navigator.clipboard.writeText($("#new-token-value").value);
+    setText($("#credential-message"), "Token copied.");
+  } catch (error) {
+    setText($("#credential-message"), "Copy it with Ctrl+C (or ⌘C): the token is selected.");
+  }
+});
+
+$("#new-token-done").addEventListener("click", hideToken);
 
 $("#close-selected").addEventListener("click", (event) => {
   const ids = [...view.selected];

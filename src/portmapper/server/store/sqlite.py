@@ -1,6 +1,6 @@
 """
-The SQLite backend of the store: port mappings, closed-channel and client
-history, in one SQLite file.
+The SQLite backend of the store: port mappings, credentials, closed-channel
+and client history, in one SQLite file.
 
 Schema
 ------
@@ -95,6 +95,9 @@ OPEN_CHANNEL_KEYS = (
     "target_port", "init_time",
 )
 OPEN_CLIENT_KEYS = ("client_id", "ip", "port", "tag", "init_time")
+CREDENTIAL_KEYS = (
+    "credential_id", "name", "tag", "public_key", "created_time", "last_used_time", "revoked",
+)
 
 
 def _insert(table, keys):
@@ -260,6 +263,42 @@ class Store:
     def _execute(self, sql, args):
         with self._conn:
             self._conn.execute(sql, args)
+
+    # -- credentials -----------------------------------------------------------
+    # Only public keys are stored (see upgrade-3.sql); ids come from SQLite's
+    # AUTOINCREMENT, so a revoked credential's id is never handed out again.
+
+    def load_credentials(self):
+        """Fire with every credential, revoked ones too: dicts with :data:`CREDENTIAL_KEYS`, by id."""
+        return self._defer(self._load_credentials)
+
+    def add_credential(self, name, tag, public_key, created_time):
+        """Store a new credential; fire with its id."""
+        return self._defer(self._add_credential, name, tag, public_key, created_time)
+
+    def revoke_credential(self, credential_id):
+        """Mark the credential revoked, for good."""
+        return self._defer(self._execute, "UPDATE credentials SET revoked = 1 WHERE id = ?",
+                           (credential_id,))
+
+    def credential_used(self, credential_id, when):
+        """Record that the credential linked a client at ``when``."""
+        return self._defer(self._execute, "UPDATE credentials SET last_used_time = ? WHERE id = ?",
+                           (when, credential_id))
+
+    def _load_credentials(self):
+        rows = self._conn.execute(
+            "SELECT id, name, tag, public_key, created_time, last_used_time, revoked"
+            " FROM credentials ORDER BY id")
+        return [dict(zip(CREDENTIAL_KEYS, (*row[:3], bytes(row[3]), *row[4:6], bool(row[6]))))
+                for row in rows]
+
+    def _add_credential(self, name, tag, public_key, created_time):
+        with self._conn:
+            cursor = self._conn.execute(
+                "INSERT INTO credentials (name, tag, public_key, created_time) VALUES (?, ?, ?, ?)",
+                (name, tag, public_key, created_time))
+        return cursor.lastrowid
 
     # -- ids -----------------------------------------------------------------
 
