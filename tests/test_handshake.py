@@ -32,7 +32,9 @@ from portmapper.protocol.frames import (
 )
 from portmapper.server.core import PortMapperServer
 from portmapper.server.link import ILinkServer, ServerLinkFactory, ServerLinkHandler
-from portmapper.server.registry import CLIENT_LOST, CLOSED, PROTOCOL_ERROR, Credential, Registry
+from portmapper.server.registry import (
+    CLIENT_LOST, CLOSED, PROTOCOL_ERROR, Credential, MemoryIds, Registry,
+)
 from portmapper.transport.link import ILinkOwner
 from tests.linkhelp import written
 from tests.linkpair import connectLinks, queued
@@ -53,7 +55,7 @@ class FakeServer:
                                        ping_timeout=30.0, handshake_timeout=HANDSHAKE_TIMEOUT)
         self.clock = clock
         self.registry = Registry()
-        self.registry.seed_ids(CLIENT_ID - 1, 0)
+        self.registry.use_ids(MemoryIds(CLIENT_ID), MemoryIds())
         self.connected = []  # (ip, port, tag)
         self.draining = []  # sessions
         self.disconnected = []  # (session, reason)

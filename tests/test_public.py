@@ -43,12 +43,20 @@ class RecordingStore:
     def __init__(self):
         self.channels = []
         self.clients = []
+        self.opened_channels = []
+        self.opened_clients = []
 
     def record_channel(self, row):
         self.channels.append(row)
 
     def record_client(self, row):
         self.clients.append(row)
+
+    def record_channel_open(self, row):
+        self.opened_channels.append(row)
+
+    def record_client_open(self, row):
+        self.opened_clients.append(row)
 
 
 class PublicTestCase(SynchronousTestCase):
@@ -135,7 +143,8 @@ class CloseReasonTests(PublicTestCase):
 
     def test_storeDouble(self):
         """The recording store has the real Store's history methods."""
-        for name in ("record_channel", "record_client"):
+        for name in ("record_channel", "record_client", "record_channel_open",
+                     "record_client_open"):
             self.assertTrue(callable(getattr(Store, name)))
 
     def test_userFinThenLinkLost(self):
@@ -205,13 +214,48 @@ class CloseReasonTests(PublicTestCase):
         self.assertFalse(user.transport.disconnecting)
         self.assertEqual(user.record.state, WORKING)
 
-    def test_noClient(self):
-        """No client with the mapping's tag: the user is let go at once, no client."""
-        user = self.connectUser(self.addMapping(5556, "nobody"))
+    def refusedAlone(self, user):
+        """``user`` was let go at once, as the one refusal of its port: the row history has."""
         self.assertTrue(user.transport.disconnecting)
         self.assertFalse(user.transport.disconnected)
+        self.assertIsNone(user.record)  # never a channel
+        user.connectionLost(Failure(ConnectionDone()))
+        [row] = [r for r in self.store.channels if "count" in r]
+        self.assertEqual((row["port"], row["ip"], row["user_port"], row["count"]),
+                         (user.mapping.public_port, USER.host, USER.port, 1))
+        return row["close_reason"]
+
+    def test_noClient(self):
+        """No client with the mapping's tag: the user is let go at once, counted as refused: no client."""
+        user = self.connectUser(self.addMapping(5556, "nobody"))
         self.assertEqual(self.clock.tcpClients, [])
-        self.assertEqual(self.userGone(user, ConnectionDone()), NO_CLIENT)
+        self.assertEqual(self.refusedAlone(user), NO_CLIENT)
+        self.assertEqual(self.server.registry.channels, {})
+
+    def test_openNoted(self):
+        """A channel handed to a client and the client's link are noted open in the store."""
+        user = self.connectUser()
+        [client] = self.store.opened_clients
+        self.assertEqual((client["client_id"], client["ip"], client["tag"]),
+                         (self.slink.owner.session.client_id, CLIENT.host, TAG))
+        self.assertEqual(self.store.opened_channels, [{
+            "channel_id": user.record.channel_id, "port": PUBLIC_PORT, "ip": USER.host,
+            "user_port": USER.port, "client_id": client["client_id"], "target_ip": "10.1.2.3",
+            "target_port": 6666, "init_time": self.clock.seconds()}])
+
+    def test_noClientFlood(self):
+        """Many users with no client: one row at once, then one with the rest per refusal interval."""
+        mapping = self.addMapping(5556, "nobody")
+        users = [self.connectUser(mapping) for _ in range(500)]
+        self.clock.advance(self.server.settings.refusal_interval)
+        users += [self.connectUser(mapping) for _ in range(100)]
+        for user in users:
+            user.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([r["count"] for r in self.store.channels], [1, 499])
+        self.server.stopService()
+        self.assertEqual([r["count"] for r in self.store.channels], [1, 499, 100])
+        self.assertEqual([r["channel_id"] for r in self.store.channels], [1, 2, 3])
+        self.assertEqual(self.store.opened_channels, [])
 
     def test_drainingClientTakesNoNewChannel(self):
         """A draining client keeps carrying its channels but is given no new one: no client."""
@@ -220,7 +264,7 @@ class CloseReasonTests(PublicTestCase):
         self.flush()
         self.assertEqual(self.slink.owner.session.state, DRAINING)
         late = self.connectUser()
-        self.assertEqual(self.userGone(late, ConnectionDone()), NO_CLIENT)
+        self.assertEqual(self.refusedAlone(late), NO_CLIENT)
         user.dataReceived(b"still here")
         self.flush()
         self.assertEqual(target.transport.value(), b"still here")

@@ -3,10 +3,14 @@ Tests for L{portmapper.server.registry}: ids, round-robin client choice and
 the lookups the server makes over its live state.
 """
 
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from portmapper.server.meter import Meter
-from portmapper.server.registry import CLOSED, CONNECTING, WORKING, Mapping, Registry
+from portmapper.server.registry import (
+    CLOSED, CONNECTING, MAX_ID_BLOCK, WORKING, IdBlocks, Mapping, Registry,
+)
 
 
 class IdTests(SynchronousTestCase):
@@ -38,36 +42,110 @@ class IdTests(SynchronousTestCase):
         self.assertEqual(registry.new_client("10.0.0.1", 4001, "default", 1.0).client_id, 2)
         self.assertEqual(registry.new_channel(5555, "192.0.2.7", 50001, 1.0).channel_id, 2)
 
-    def test_seedIds(self):
-        """After seed_ids the numbering continues after the ids given."""
-        registry = Registry()
-        registry.seed_ids(41, 1000)
-        self.assertEqual(registry.new_client("10.0.0.1", 4000, "default", 0.0).client_id, 42)
-        self.assertEqual(registry.new_client("10.0.0.1", 4001, "default", 0.0).client_id, 43)
-        self.assertEqual(registry.new_channel(5555, "192.0.2.7", 50000, 0.0).channel_id, 1001)
-
-    def test_seedIdsNone(self):
-        """seed_ids(None, None), an empty history, starts the numbering at 1."""
-        registry = Registry()
-        registry.seed_ids(None, None)
-        self.assertEqual(registry.new_client("10.0.0.1", 4000, "default", 0.0).client_id, 1)
-        self.assertEqual(registry.new_channel(5555, "192.0.2.7", 50000, 0.0).channel_id, 1)
-
-    def test_seedIdsNeverGoesBack(self):
-        """seed_ids with ids lower than ones already handed out does not reuse them."""
-        registry = Registry()
-        for i in range(3):
-            registry.new_client("10.0.0.1", 4000 + i, "default", 0.0)
-            registry.new_channel(5555, "192.0.2.7", 50000 + i, 0.0)
-        registry.seed_ids(1, None)
-        self.assertEqual(registry.new_client("10.0.0.1", 4100, "default", 0.0).client_id, 4)
-        self.assertEqual(registry.new_channel(5555, "192.0.2.7", 50100, 0.0).channel_id, 4)
-
     def test_registriesAreIndependent(self):
         """Two registries number their ids separately."""
         one, two = Registry(), Registry()
         one.new_client("10.0.0.1", 4000, "default", 0.0)
         self.assertEqual(two.new_client("10.0.0.1", 4000, "default", 0.0).client_id, 1)
+
+
+class FakeDisk:
+    """Stands for the store's reserve_ids: each reservation waits until the test writes it."""
+
+    def __init__(self, next_free=1):
+        self.next_free = next_free
+        self.pending = []  # (count, Deferred) not yet written
+
+    def reserve(self, count):
+        d = Deferred()
+        self.pending.append((count, d))
+        return d
+
+    def write(self):
+        """The oldest reservation reaches the disk."""
+        count, d = self.pending.pop(0)
+        first, self.next_free = self.next_free, self.next_free + count
+        d.callback(first)
+
+
+class IdBlocksTests(SynchronousTestCase):
+    """Ids are handed out only from blocks reserved on disk, the next reserved ahead."""
+
+    def started(self, size=10, next_free=1):
+        disk = FakeDisk(next_free)
+        ids = IdBlocks("channel ids", disk.reserve, size)
+        d = ids.start()
+        disk.write()
+        self.successResultOf(d)
+        return disk, ids
+
+    def test_nothingBeforeTheFirstBlock(self):
+        """Before the first block is on disk take() gives None; then ids start where the disk says."""
+        disk = FakeDisk(2085)
+        ids = IdBlocks("channel ids", disk.reserve, 10)
+        ids.start()
+        self.assertIsNone(ids.take())
+        disk.write()
+        self.assertEqual(ids.take(), 2085)
+
+    def test_nextBlockReservedAtHalf(self):
+        """Half of a block used reserves the next one, once; ids run on into it without a gap."""
+        disk, ids = self.started(size=10)
+        self.assertEqual([ids.take() for _ in range(4)], [1, 2, 3, 4])
+        self.assertEqual(disk.pending, [])
+        self.assertEqual(ids.take(), 5)
+        self.assertEqual(len(disk.pending), 1)
+        self.assertEqual([ids.take() for _ in range(5)], [6, 7, 8, 9, 10])
+        self.assertEqual(len(disk.pending), 1)  # only one reservation in flight
+        disk.write()
+        self.assertEqual([ids.take() for _ in range(3)], [11, 12, 13])
+
+    def test_fasterThanTheDisk(self):
+        """Ids wanted before the next block is on disk get None, then blocks double."""
+        disk, ids = self.started(size=10)
+        taken = [ids.take() for _ in range(12)]
+        self.assertEqual(taken, list(range(1, 11)) + [None, None])
+        warnings = []
+        globalLogPublisher.addObserver(warnings.append)
+        self.addCleanup(globalLogPublisher.removeObserver, warnings.append)
+        disk.write()
+        self.assertEqual([e["missed"] for e in warnings if "missed" in e], [2])
+        self.assertEqual(ids.take(), 11)
+        self.assertEqual([ids.take() for _ in range(4)], [12, 13, 14, 15])
+        self.assertEqual([count for count, _ in disk.pending], [20])
+        disk.write()
+        self.assertEqual(disk.next_free, 41)
+
+    def test_neverAboveMaximum(self):
+        """Blocks grow no larger than MAX_ID_BLOCK."""
+        disk, ids = self.started(size=MAX_ID_BLOCK)
+        ids._next = ids._end  # the block is used up
+        self.assertIsNone(ids.take())
+        self.assertEqual([count for count, _ in disk.pending], [MAX_ID_BLOCK])
+
+    def test_failedReservationRetried(self):
+        """A reservation that fails is logged, and the next take past half tries again."""
+        disk, ids = self.started(size=4)
+        self.assertEqual([ids.take(), ids.take()], [1, 2])
+        _, d = disk.pending.pop(0)
+        d.errback(OSError("disk full"))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(ids.take(), 3)
+        self.assertEqual(len(disk.pending), 1)
+        disk.write()
+        self.assertEqual([ids.take() for _ in range(3)], [4, 1 + 4, 1 + 5])
+
+    def test_registryUsesBlocks(self):
+        """A registry given IdBlocks numbers clients and channels from them, None when out."""
+        disk, channel_ids = self.started(size=2, next_free=500)
+        client_disk, client_ids = self.started(size=2, next_free=7)
+        registry = Registry()
+        registry.use_ids(client_ids, channel_ids)
+        self.assertEqual(registry.new_client("10.0.0.1", 4000, "default", 0.0).client_id, 7)
+        self.assertEqual(registry.new_channel(5555, "192.0.2.7", 50000, 0.0).channel_id, 500)
+        self.assertEqual(registry.new_channel_id(), 501)
+        self.assertIsNone(registry.new_channel(5555, "192.0.2.7", 50001, 0.0))
+        self.assertEqual(list(registry.channels), [500])
 
 
 class RecordTests(SynchronousTestCase):

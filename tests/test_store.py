@@ -21,7 +21,7 @@ from twisted.trial import unittest
 
 from portmapper.server.store import CHANNEL_KEYS, CLIENT_KEYS, Store, schema
 from portmapper.server.store.schema import SchemaError
-from portmapper.server.store.sqlite import INSERT_CHANNEL, INSERT_CLIENT
+from portmapper.server.store.sqlite import INSERT_CHANNEL, INSERT_CLIENT, OPEN_CHANNEL_KEYS
 from tests import test_tap
 
 # Records closed recently enough for the default retention against the real
@@ -254,9 +254,9 @@ class StoreTests(StoreCase):
         [call] = clock.clock.getDelayedCalls()
         self.assertEqual(call.getTime(), 5)
         clock.clock.advance(3.9)
-        self.assertEqual(len(store._channels), 2)
+        self.assertEqual(len(store._pending.channels), 2)
         clock.clock.advance(0.1)
-        self.assertEqual(store._channels, [])
+        self.assertEqual(store._pending.channels, [])
         self.assertEqual(clock.clock.getDelayedCalls(), [])
         rows = yield store.query_channel_history()
         self.assertEqual([r["channel_id"] for r in rows], [2, 1])
@@ -270,7 +270,7 @@ class StoreTests(StoreCase):
         store.record_client(client(1))
         self.assertEqual(len(clock.clock.getDelayedCalls()), 1)
         store.record_channel(channel(2))
-        self.assertEqual((store._channels, store._clients), ([], []))
+        self.assertEqual((store._pending.channels, store._pending.clients), ([], []))
         self.assertEqual(clock.clock.getDelayedCalls(), [])
         self.assertEqual((yield store.last_ids()), (1, 2))
 
@@ -281,9 +281,9 @@ class StoreTests(StoreCase):
         writes = []
         real_write = store._write
 
-        def counting_write(channels, clients, cutoff):
-            writes.append(len(channels))
-            return real_write(channels, clients, cutoff)
+        def counting_write(batch):
+            writes.append(len(batch.channels))
+            return real_write(batch)
 
         store._write = counting_write
         for i in range(1, 10_001):
@@ -381,7 +381,7 @@ class StoreTests(StoreCase):
         store._write = stuck_write
         for i in range(1, 311):  # 1-10 go to the (stuck) thread, the rest wait
             store.record_channel(channel(i))
-        self.assertLessEqual(len(store._channels), 100)
+        self.assertLessEqual(len(store._pending.channels), 100)
         self.assertTrue(warnings)
         dropped = sum(event["count"] for event in warnings)
         self.assertEqual({event["kind"] for event in warnings}, {"channel"})
@@ -391,6 +391,113 @@ class StoreTests(StoreCase):
         ids = [r["channel_id"] for r in rows]
         kept = list(range(310, 310 - (300 - dropped), -1))
         self.assertEqual(ids, kept + list(range(10, 0, -1)))
+
+
+def opened_channel(channel_id, **fields):
+    """An open-channel note, overridable."""
+    record = {key: channel(channel_id)[key] for key in OPEN_CHANNEL_KEYS}
+    record.update(fields)
+    return record
+
+
+class CrashSafetyTests(StoreCase):
+    """Ids reserved on disk, open channels and clients noted, and closed after a crash."""
+
+    @inlineCallbacks
+    def test_reserve_ids(self):
+        """Reserved blocks follow each other per kind, and a reopened store goes on after them."""
+        store = yield self.open()
+        self.assertEqual((yield store.reserve_ids("channel_id", 1000)), 1)
+        self.assertEqual((yield store.reserve_ids("channel_id", 1000)), 1001)
+        self.assertEqual((yield store.reserve_ids("client_id", 10)), 1)
+        yield store.stop()
+        again = yield self.open()
+        self.assertEqual((yield again.reserve_ids("channel_id", 5)), 2001)
+        self.assertEqual((yield again.reserve_ids("client_id", 5)), 11)
+
+    @inlineCallbacks
+    def test_reserve_above_history(self):
+        """A block starts above every id in history, even one written past the blocks."""
+        store = yield self.open()
+        self.assertEqual((yield store.reserve_ids("channel_id", 10)), 1)
+        store.record_channel(channel(2085))
+        self.assertEqual((yield store.last_ids()), (0, 2085))
+        self.assertEqual((yield store.reserve_ids("channel_id", 10)), 2086)
+
+    @inlineCallbacks
+    def test_lost_closed_at_next_start(self):
+        """Channels and clients noted open and not closed are closed as lost, at the last batch's time."""
+        clock = ClockedReactor(now=NOW)
+        store = yield self.open(clock, flush_delay=1)
+        store.record_client_open({"client_id": 3, "ip": "10.0.0.7", "port": 40000,
+                                  "tag": "lab", "init_time": NOW - 5})
+        for i in (7, 8, 9):
+            store.record_channel_open(opened_channel(i, init_time=NOW - i))
+        store.record_channel(channel(8))  # closed in the same batch as its note
+        clock.clock.advance(1)
+        self.assertEqual((yield store.query_channel_history()), [channel(8)])
+        store.record_channel(channel(9))  # closed in a later batch
+        clock.clock.advance(1)
+        yield store.query_channel_history()
+        store.record_channel_open(opened_channel(10))  # pending, never written: lost
+        store._running = False  # the process dies: nothing more is written
+        yield store._defer(store._close)
+        store._pool.stop()
+
+        again = yield self.open()
+        self.assertEqual((yield again.close_lost("server lost")), (1, 1))
+        self.assertEqual((yield again.close_lost("server lost")), (0, 0))
+        rows = yield again.query_channel_history()
+        self.assertEqual([r["channel_id"] for r in rows], [9, 8, 7])
+        lost = channel(7, init_time=NOW - 7, close_time=NOW + 2, recv_bytes=0, send_bytes=0,
+                       close_reason="server lost")
+        self.assertEqual(rows[2], lost)
+        self.assertEqual((yield again.query_client_history()), [{
+            "client_id": 3, "ip": "10.0.0.7", "port": 40000, "tag": "lab",
+            "init_time": NOW - 5, "close_time": NOW + 2, "recv_bytes": 0, "send_bytes": 0,
+            "close_reason": "server lost"}])
+
+    @inlineCallbacks
+    def test_clean_stop_leaves_nothing_open(self):
+        """Notes closed before a clean stop leave nothing for close_lost."""
+        store = yield self.open(flush_delay=60)
+        store.record_channel_open(opened_channel(1))
+        store.record_client_open({"client_id": 1, "ip": "10.0.0.7", "port": 40000,
+                                  "tag": "lab", "init_time": NOW})
+        yield store.query_channel_history()
+        store.record_channel(channel(1))
+        store.record_client(client(1))
+        yield store.stop()
+        again = yield self.open()
+        self.assertEqual((yield again.close_lost("server lost")), (0, 0))
+
+
+class RefusalRowTests(StoreCase):
+    """Refusal rows carry a count, and keep to a tenth of the row budget."""
+
+    @inlineCallbacks
+    def test_count_only_on_refusal_rows(self):
+        """A row recorded with a count shows it; a channel row has exactly its keys."""
+        store = yield self.open()
+        store.record_channel(channel(1))
+        store.record_channel(channel(2, client_id=None, close_reason="no client", count=2000))
+        refusal, real = yield store.query_channel_history()
+        self.assertEqual(set(real), set(CHANNEL_KEYS))
+        self.assertEqual(refusal["count"], 2000)
+        self.assertEqual(refusal["close_reason"], "no client")
+
+    @inlineCallbacks
+    def test_refusals_cannot_push_history_out(self):
+        """However many refusal rows come, real rows keep nine tenths of history_max_rows."""
+        store = yield self.open(history_max_rows=20)
+        for i in range(1, 6):
+            store.record_channel(channel(i))
+        for i in range(6, 106):
+            store.record_channel(channel(i, close_reason="no client", count=1))
+            if i % 10 == 0:
+                yield store.query_channel_history()  # several batches
+        rows = yield store.query_channel_history(limit=100)
+        self.assertEqual([r["channel_id"] for r in rows], [105, 104, 5, 4, 3, 2, 1])
 
 
 def sql(path, script=""):
@@ -436,7 +543,9 @@ def failing(version):
     return read
 
 
-LATEST_TABLES = schema.V1_TABLES | {"schema_version", "id_blocks", "credentials", "sqlite_sequence"}
+LATEST_TABLES = schema.V1_TABLES | {
+    "schema_version", "id_blocks", "credentials", "sqlite_sequence",
+    "open_channels", "open_clients", "last_write"}
 
 
 class SchemaTests(StoreCase):

@@ -43,6 +43,7 @@ class ServerSettings:
     idle_timeout = attr.ib(default=0.0)  # 0: never
     drain_timeout = attr.ib(default=30.0)
     sample_interval = attr.ib(default=1.0)
+    refusal_interval = attr.ib(default=10.0)
     history_max_rows = attr.ib(default=100_000)
     history_max_age = attr.ib(default=30 * 86400.0)
     webhook = attr.ib(default=())  # URLs alerts are posted to
@@ -197,6 +198,9 @@ SERVER_KEYS = {
     "drain_timeout": (_positive_float,
                       "Seconds a stopping server lets its open channels finish."),
     "sample_interval": (_positive_float, "Seconds between traffic statistics samples."),
+    "refusal_interval": (_positive_float,
+                         "Seconds over which connections refused on a port are counted"
+                         " into one history row and log line."),
     "history_max_rows": (_positive_int, "Closed channels kept in history."),
     "history_max_age": (_positive_float, "Seconds closed channels are kept in history."),
     "webhook": (_urls, "URL to POST JSON alerts to; repeat the option, or list URLs "

@@ -9,13 +9,19 @@ credentials, read history.  The links and public ports report to it
 (``clientConnected``, ``channelClosed`` ...).
 
 It is one child of the service ``server/tap.py`` composes, started once the
-store is open: starting it brings back the stored credentials (all of them
-are kept in memory, so a handshake never waits on the disk) and mappings,
-each listening again, and ``whenStarted()`` fires when that is done.  Stopping it stops the
+store is open: starting it closes what a server that died left open in
+history (``server lost``), reserves the first blocks of ids on disk, and
+brings back the stored credentials (all of them are kept in memory, so a
+handshake never waits on the disk) and mappings, each listening again;
+``whenStarted()`` fires when that is done.  Channels and client links are
+noted in the store when they open, so that the next start can do that.
+Connections refused at accept are counted, not recorded one by one: see
+:meth:`refused`.  Stopping it stops the
 public ports and closes every channel and link; the client port and the
 admin API have stopped before it, the store stops after it.
 """
 
+from functools import partial
 from types import MappingProxyType
 
 from twisted.application.service import Service
@@ -34,9 +40,11 @@ from portmapper.server.link import ILinkServer
 from portmapper.server.metrics import ServerMetrics
 from portmapper.server.webhooks import CLIENT_LINKED, CLIENT_LOST, Webhooks
 from portmapper.server.public import PublicFactory
+from portmapper.server.refusals import Refusals
 from portmapper.server.registry import (
     CLOSED, CLOSED_BY_ADMIN, CREDENTIAL_REVOKED, DRAINING, MAPPING_DELETED, NO_CLIENT,
-    PROTOCOL_ERROR, SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Credential, Mapping, Registry,
+    PROTOCOL_ERROR, SERVER_LOST, SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Credential, IdBlocks,
+    Mapping, Registry,
 )
 from portmapper.transport.endpoints import tcp_server_endpoint
 
@@ -63,6 +71,7 @@ class PortMapperServer(Service):
         self.admin_address = None  # IAddress of the admin API, once listening
         self._creating = set()  # public ports whose creation is under way
         self._drain_waiters = []  # Deferreds of a stop waiting for the channels to end
+        self._refusals = Refusals(reactor, settings.refusal_interval, self._record_refusals)
         self._started = None
 
     # -- life ---------------------------------------------------------------
@@ -77,8 +86,15 @@ class PortMapperServer(Service):
 
     @inlineCallbacks
     def _start(self):
-        last_client_id, last_channel_id = yield self.store.last_ids()
-        self.registry.seed_ids(last_client_id, last_channel_id)
+        channels, clients = yield self.store.close_lost(SERVER_LOST)
+        if channels or clients:
+            log.warn("the last run of the server did not stop cleanly: {channels} channel(s)"
+                     " and {clients} client link(s) it left open are recorded as closed,"
+                     " 'server lost'", channels=channels, clients=clients)
+        ids = [IdBlocks(f"{kind} ids", partial(self.store.reserve_ids, f"{kind}_id"))
+               for kind in ("client", "channel")]
+        yield gatherResults([blocks.start() for blocks in ids], consumeErrors=True)
+        self.registry.use_ids(*ids)
         for row in (yield self.store.load_credentials()):
             self.registry.add_credential(Credential(**row))
         for public_port, target_ip, target_port, tag in (yield self.store.load_mappings()):
@@ -112,6 +128,7 @@ class PortMapperServer(Service):
         super().stopService()
         listening = [m.listening for m in self.registry.mappings.values() if m.listening is not None]
         yield gatherResults([maybeDeferred(port.stopListening) for port in listening])
+        self._refusals.flush()
         if self.registry.channels:
             log.info("draining: {count} channel(s) may finish within {timeout:g} s",
                      count=len(self.registry.channels), timeout=self.settings.drain_timeout)
@@ -207,6 +224,13 @@ class PortMapperServer(Service):
     def clientConnected(self, link, ip, port, tag, credential=None):
         now = self.clock.seconds()
         session = self.registry.new_client(ip, port, tag, now, link)
+        if session is None:  # no client id on disk yet (logged by IdBlocks)
+            link.refuse("the server is busy, try again")
+            return None
+        self.store.record_client_open({
+            "client_id": session.client_id, "ip": ip, "port": port, "tag": tag,
+            "init_time": session.init_time,
+        })
         if credential is not None:
             session.credential_id = credential.credential_id
             credential.last_used_time = now
@@ -246,6 +270,43 @@ class PortMapperServer(Service):
 
     def handshakeFailed(self, kind):
         self.metrics.handshake_failed(kind)
+
+    def channelOpened(self, record):
+        """A channel is handed to a client: note it, for the next start if the server dies."""
+        self.store.record_channel_open({
+            "channel_id": record.channel_id, "port": record.public_port,
+            "ip": record.user_ip, "user_port": record.user_port,
+            "client_id": record.client_id, "target_ip": record.target_ip,
+            "target_port": record.target_port, "init_time": record.init_time,
+        })
+
+    def refused(self, public_port, reason, ip, user_port):
+        """
+        A user's connection from ``ip:user_port`` to ``public_port`` was
+        closed at accept for ``reason`` (``no client``, ``denied``,
+        ``limit``): counted, so that history gets one row (with a ``count``)
+        and the log one line per port, reason and ``--refusal-interval``.
+        The caller closes the connection; it takes no channel id.
+        """
+        self._refusals.refused(public_port, reason, ip, user_port)
+
+    def _record_refusals(self, tally):
+        log.info("port {port}: {count} connection(s) refused: {reason}",
+                 port=tally.port, count=tally.count, reason=tally.reason,
+                 first_time=tally.first_time, last_time=tally.last_time)
+        channel_id = self.registry.new_channel_id()
+        if channel_id is None:
+            return  # no id on disk yet (IdBlocks logs it): the log line has to do
+        mapping = self.registry.mappings.get(tally.port)
+        self.store.record_channel({
+            "channel_id": channel_id, "port": tally.port, "ip": tally.ip,
+            "user_port": tally.user_port, "client_id": None,
+            "target_ip": mapping and mapping.target_ip,
+            "target_port": mapping and mapping.target_port,
+            "init_time": tally.first_time, "close_time": tally.last_time,
+            "recv_bytes": 0, "send_bytes": 0, "close_reason": tally.reason,
+            "count": tally.count,
+        })
 
     def channelClosed(self, record):
         self.registry.channels.pop(record.channel_id, None)

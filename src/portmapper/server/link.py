@@ -30,7 +30,8 @@ class ILinkServer(Interface):
     def clientConnected(link, ip, port, tag, credential=None):
         """
         A client at ``ip:port`` proved the token (or ``credential``, a
-        registry Credential) for ``tag``: admit it; returns its ClientSession.
+        registry Credential) for ``tag``: admit it; returns its
+        ClientSession, or None if the server refused the link instead.
         """
 
     def findCredential(public_key):
@@ -71,6 +72,8 @@ class ServerLinkHandler:
             return
         peer = link.transport.getPeer()
         self.session = self.server.clientConnected(link, peer.host, peer.port, tag, credential)
+        if self.session is None:
+            return  # the server refused the link
         meter, conn = self.session.meter, link.connection
         meter.recv_bytes += conn.meter.recv_bytes
         meter.send_bytes += conn.meter.send_bytes

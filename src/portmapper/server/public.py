@@ -36,14 +36,18 @@ class PublicProtocol(ChannelEnd):
         super().connectionMade()
         server, mapping = self.server, self.mapping
         peer = self.transport.getPeer()
+        session = server.registry.pick_client(mapping.tag)
+        if session is None:  # refused: counted, no channel, no id
+            server.refused(mapping.public_port, NO_CLIENT, peer.host, peer.port)
+            self.transport.loseConnection()
+            return
         self.record = record = server.registry.new_channel(
             mapping.public_port, peer.host, peer.port, server.clock.seconds(), user=self)
+        if record is None:  # no channel id on disk yet (logged by the registry)
+            self.transport.abortConnection()
+            return
         self.meter = record.meter
         record.target_ip, record.target_port = mapping.target_ip, mapping.target_port
-        session = server.registry.pick_client(mapping.tag)
-        if session is None:
-            self.close(NO_CLIENT)
-            return
         try:
             session.link.openChannel(self, mapping.target_ip, mapping.target_port)
         except LinkUnavailable:
@@ -52,6 +56,7 @@ class PublicProtocol(ChannelEnd):
         self.session = session
         record.client_id = session.client_id
         session.channels.add(record.channel_id)
+        server.channelOpened(record)
         self._open_timer = server.clock.callLater(
             server.settings.open_timeout, self.close, TIMEOUT)
 
@@ -97,6 +102,8 @@ class PublicProtocol(ChannelEnd):
         super().readConnectionLost()
 
     def connectionLost(self, reason):
+        if self.record is None:
+            return  # refused at accept: never a channel
         self._cancelOpenTimer()
         if not reason.check(ConnectionDone):
             self.record.aborted(USER_CLOSED)  # the user's connection broke

@@ -4,15 +4,24 @@ and the credentials clients may link with.
 
 These are plain attrs records plus the lookups the rest of the server
 needs; nothing here touches a socket.  ``Registry`` hands out ids that are
-never reused for the server's lifetime (and, seeded from the store, across
-restarts).
+never reused: numbered from 1 in memory until the server gives it
+:class:`IdBlocks`, which hand out only ids reserved on disk, so that a
+server that dies and starts again never shows an id twice.
 """
 
 import itertools
 
 import attr
+from twisted.logger import Logger
 
 from portmapper.server.meter import Meter
+
+log = Logger()
+
+#: Ids reserved on disk at a time, at first (see IdBlocks).
+ID_BLOCK = 1000
+#: The largest block IdBlocks grows to when ids are taken faster than reserved.
+MAX_ID_BLOCK = 1_000_000
 
 # Client states
 WORKING = "WORKING"
@@ -147,6 +156,92 @@ class Channel:
         return self.abnormal or self.first_end or USER_CLOSED
 
 
+class IdBlocks:
+    """
+    Ids of one kind (``name``, e.g. ``channel ids``) handed out from blocks
+    that ``reserve(count)`` has made durable: it fires with the first of
+    ``count`` consecutive ids no one has had (the store's ``reserve_ids``).
+
+    :meth:`start` reserves the first block.  Then :meth:`take` hands out
+    ids from memory, and once half of the current block is used the next
+    one is reserved in the background, so the reactor never waits for the
+    disk.  If ids are taken faster than a block is written, :meth:`take`
+    gives None until it is (the caller refuses what wanted the id: an id
+    not yet on disk is never handed out) and every later block is twice
+    as large, up to :data:`MAX_ID_BLOCK`.  A restart skips what is left of
+    the blocks the last run reserved.
+    """
+
+    def __init__(self, name, reserve, size=ID_BLOCK):
+        self.name = name
+        self._reserve = reserve
+        self._size = size
+        self._next = self._end = self._half = 0  # the current block: [next, end)
+        self._spare = None  # (first, end) of the block reserved ahead
+        self._reserving = None  # the reservation in flight
+        self._missed = 0  # takes that found no id since the last block arrived
+
+    def start(self):
+        """Reserve the first block; fires once ids can be taken."""
+        return self._reserve_next()
+
+    def take(self):
+        """The next id, or None if none is reserved on disk yet."""
+        if self._next >= self._end and not self._use_spare():
+            if not self._missed:
+                self._size = min(self._size * 2, MAX_ID_BLOCK)
+            self._missed += 1
+            if self._reserving is None:
+                self._reserve_next()
+            return None
+        taken, self._next = self._next, self._next + 1
+        if self._next >= self._half and self._spare is None and self._reserving is None:
+            self._reserve_next()
+        return taken
+
+    def _use_spare(self):
+        if self._spare is None:
+            return False
+        (self._next, self._end), self._spare = self._spare, None
+        self._half = self._next + (self._end - self._next) // 2
+        return True
+
+    def _reserve_next(self):
+        size = self._size
+        self._reserving = d = self._reserve(size)
+
+        def reserved(first):
+            self._reserving = None
+            self._spare = (first, first + size)
+            if self._next >= self._end:
+                self._use_spare()
+            if self._missed:
+                log.warn("{missed} new {name} were refused while the database reserved"
+                         " the next ids (the disk is slow); reserving {size} at a time now",
+                         missed=self._missed, name=self.name, size=self._size)
+                self._missed = 0
+
+        def failed(failure):
+            self._reserving = None
+            if not self._end:
+                return failure  # the first block: start() fails
+            log.failure("Could not reserve {size} {name} on disk", failure,
+                        size=size, name=self.name)
+            return None
+
+        return d.addCallbacks(reserved, failed)
+
+
+class MemoryIds:
+    """Ids from ``first`` up, in memory only: a registry's ids until it is given IdBlocks."""
+
+    def __init__(self, first=1):
+        self._count = itertools.count(first)
+
+    def take(self):
+        return next(self._count)
+
+
 @attr.s(eq=False)
 class Registry:
     """Everything alive in one server, keyed by id."""
@@ -156,33 +251,42 @@ class Registry:
     channels = attr.ib(factory=dict)  # channel_id -> Channel
     credentials = attr.ib(factory=dict)  # credential_id -> Credential, revoked ones too
     _credential_keys = attr.ib(factory=dict)  # public key -> Credential
-    _client_ids = attr.ib(default=attr.Factory(lambda: itertools.count(1)))
-    _channel_ids = attr.ib(default=attr.Factory(lambda: itertools.count(1)))
+    _client_ids = attr.ib(factory=MemoryIds)  # anything with take(): an id, or None
+    _channel_ids = attr.ib(factory=MemoryIds)
     _round_robin = attr.ib(factory=dict)  # tag -> count of picks so far
 
-    def seed_ids(self, last_client_id, last_channel_id):
-        """Continue numbering after ids already used (e.g. found in history),
-        and never below an id this registry has already handed out."""
-        self._client_ids = itertools.count(max((last_client_id or 0) + 1, next(self._client_ids)))
-        self._channel_ids = itertools.count(
-            max((last_channel_id or 0) + 1, next(self._channel_ids)))
+    def use_ids(self, client_ids, channel_ids):
+        """Take ids from these (started :class:`IdBlocks`, or :class:`MemoryIds`) from now on."""
+        self._client_ids, self._channel_ids = client_ids, channel_ids
 
     def new_client(self, ip, port, tag, now, link=None):
+        """A new WORKING session, or None if no client id is on disk yet (see IdBlocks)."""
+        client_id = self._client_ids.take()
+        if client_id is None:
+            return None
         session = ClientSession(
-            client_id=next(self._client_ids), ip=ip, port=port, tag=tag,
+            client_id=client_id, ip=ip, port=port, tag=tag,
             meter=Meter(created=now), link=link,
         )
         self.clients[session.client_id] = session
         return session
 
     def new_channel(self, public_port, user_ip, user_port, now, user=None):
+        """A new channel, or None if no channel id is on disk yet (see IdBlocks)."""
+        channel_id = self.new_channel_id()
+        if channel_id is None:
+            return None
         channel = Channel(
-            channel_id=next(self._channel_ids), public_port=public_port,
+            channel_id=channel_id, public_port=public_port,
             user_ip=user_ip, user_port=user_port, meter=Meter(created=now),
             user=user,
         )
         self.channels[channel.channel_id] = channel
         return channel
+
+    def new_channel_id(self):
+        """A channel id for a history row that is no live channel (refusals), or None."""
+        return self._channel_ids.take()
 
     def add_credential(self, credential):
         self.credentials[credential.credential_id] = credential

@@ -44,11 +44,31 @@ into the reactor and later writes go on.
 
 The highest ids ever written are kept in a small table of their own, so
 :meth:`Store.last_ids` stays right even after pruning has deleted every row.
+
+Crash safety
+------------
+Ids are handed out from blocks reserved on disk first
+(:meth:`Store.reserve_ids`), so no id is given twice even if the server
+dies.  ``record_channel_open``/``record_client_open`` note a channel or a
+client link when it opens, in the same batches as history; the batch that
+records its close deletes the note.  What a server that died left noted
+is closed by :meth:`Store.close_lost` at the next start, with the time of
+the last batch written before the crash.  So a ``SIGKILL`` loses at most
+what was recorded since the last batch, ``flush_delay`` seconds (or the
+write in flight, if the disk is behind).
+
+Refusals
+--------
+A channel record with a ``count`` (see :data:`REFUSAL_KEYS`) sums up
+refused connections.  Such rows are pruned within a tenth of
+``history_max_rows`` of their own before the rows of real channels, so
+refusals cannot push real history out.
 """
 
 import os
 import sqlite3
 
+import attr
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -68,6 +88,13 @@ CLIENT_KEYS = (
     "recv_bytes", "send_bytes", "close_reason",
 )
 
+#: A refusal row: a channel row and how many connections it stands for.
+REFUSAL_KEYS = CHANNEL_KEYS + ("count",)
+OPEN_CHANNEL_KEYS = (
+    "channel_id", "port", "ip", "user_port", "client_id", "target_ip",
+    "target_port", "init_time",
+)
+OPEN_CLIENT_KEYS = ("client_id", "ip", "port", "tag", "init_time")
 CREDENTIAL_KEYS = (
     "credential_id", "name", "tag", "public_key", "created_time", "last_used_time", "revoked",
 )
@@ -81,6 +108,36 @@ def _insert(table, keys):
 
 INSERT_CHANNEL = _insert("channel_history", CHANNEL_KEYS)
 INSERT_CLIENT = _insert("client_history", CLIENT_KEYS)
+INSERT_COUNTED = _insert("channel_history", REFUSAL_KEYS)
+INSERT_OPEN_CHANNEL = _insert("open_channels", OPEN_CHANNEL_KEYS)
+INSERT_OPEN_CLIENT = _insert("open_clients", OPEN_CLIENT_KEYS)
+
+
+def _lost(table, keys, history):
+    """The statement that moves every row of ``table`` into ``history``, closed."""
+    return (f"INSERT OR REPLACE INTO {history} ({', '.join(keys)}, close_time, recv_bytes,"
+            f" send_bytes, close_reason) SELECT {', '.join(keys)}, max(init_time, :time), 0, 0,"
+            f" :reason FROM {table}")
+
+
+LOST_CHANNELS = _lost("open_channels", OPEN_CHANNEL_KEYS, "channel_history")
+LOST_CLIENTS = _lost("open_clients", OPEN_CLIENT_KEYS, "client_history")
+
+
+@attr.s(slots=True)
+class _Batch:
+    """What one write hands to the thread: records, and the times it writes with."""
+
+    now = attr.ib()  # reactor time of the write: the last time known alive
+    cutoff = attr.ib()  # rows closed before this are too old
+    channels = attr.ib(factory=list)
+    clients = attr.ib(factory=list)
+    open_channels = attr.ib(factory=list)
+    open_clients = attr.ib(factory=list)
+
+    def __len__(self):
+        return (len(self.channels) + len(self.clients) + len(self.open_channels)
+                + len(self.open_clients))
 
 
 class Store:
@@ -100,6 +157,7 @@ class Store:
         self._path = os.fspath(path)
         self._reactor = reactor
         self._max_rows = history_max_rows
+        self._max_refusal_rows = max(1, history_max_rows // 10)
         self._max_age = history_max_age
         self._flush_delay = flush_delay
         self._batch_size = batch_size
@@ -107,8 +165,7 @@ class Store:
         self._conn = None  # touched only in the worker thread
         self._running = False
         self._stop_waiters = []  # stop() callers while the stop is in progress
-        self._channels = []  # pending channel records
-        self._clients = []  # pending client records
+        self._pending = _Batch(None, None)  # records not yet handed to the thread
         self._timer = None  # DelayedCall of the next automatic flush
         self._writing = 0  # history writes handed to the thread, not yet done
 
@@ -254,20 +311,68 @@ class Store:
         ids = dict(self._conn.execute("SELECT name, value FROM last_ids"))
         return ids["client_id"], ids["channel_id"]
 
+    def reserve_ids(self, name, count):
+        """
+        Reserve ``count`` ids of kind ``name`` (``client_id`` or
+        ``channel_id``) on disk; fire with the first one, once committed.
+        Ids reserved are never given by another call, in this run or any
+        later one, and are above any id recorded in history.
+        """
+        return self._defer(self._reserve_ids, name, count)
+
+    def _reserve_ids(self, name, count):
+        with self._conn:
+            (next_free,) = self._conn.execute(
+                "SELECT max(b.next_free, l.value + 1) FROM id_blocks b JOIN last_ids l"
+                " ON l.name = b.name WHERE b.name = ?", (name,)).fetchone()
+            self._conn.execute("UPDATE id_blocks SET next_free = ? WHERE name = ?",
+                               (next_free + count, name))
+        return next_free
+
+    def close_lost(self, reason):
+        """
+        Close, with ``reason``, the channels and client links noted open by a
+        server that died (none after a clean stop): each gets the time of
+        that server's last batch as its close time and no traffic.  Fires
+        with ``(channels, clients)``, how many were closed.  Call it at
+        start, before anything new is recorded.
+        """
+        return self._defer(self._close_lost, reason)
+
+    def _close_lost(self, reason):
+        with self._conn:
+            (last,) = self._conn.execute("SELECT time FROM last_write").fetchone()
+            closed = []
+            for table, move in (("open_channels", LOST_CHANNELS),
+                                ("open_clients", LOST_CLIENTS)):
+                closed.append(self._conn.execute(move, {"time": last, "reason": reason}).rowcount)
+                self._conn.execute(f"DELETE FROM {table}")
+        return tuple(closed)
+
     # -- history: recording --------------------------------------------------
 
     def record_channel(self, record):
-        """Queue a closed channel's record (a dict with :data:`CHANNEL_KEYS`)."""
-        self._channels.append(record)
-        if len(self._channels) > self.max_pending:
-            self._drop(self._channels, "channel")
-        self._schedule()
+        """Queue a closed channel's record (a dict with :data:`CHANNEL_KEYS`; a
+        refusal row also has ``count``); it ends the channel's open note."""
+        self._queue(self._pending.channels, record, "channel")
 
     def record_client(self, record):
-        """Queue a disconnected client's record (a dict with :data:`CLIENT_KEYS`)."""
-        self._clients.append(record)
-        if len(self._clients) > self.max_pending:
-            self._drop(self._clients, "client")
+        """Queue a disconnected client's record (a dict with :data:`CLIENT_KEYS`);
+        it ends the client's open note."""
+        self._queue(self._pending.clients, record, "client")
+
+    def record_channel_open(self, record):
+        """Note a channel that has opened (a dict with :data:`OPEN_CHANNEL_KEYS`)."""
+        self._queue(self._pending.open_channels, record, "open channel")
+
+    def record_client_open(self, record):
+        """Note a client link that has opened (a dict with :data:`OPEN_CLIENT_KEYS`)."""
+        self._queue(self._pending.open_clients, record, "open client")
+
+    def _queue(self, rows, record, kind):
+        rows.append(record)
+        if len(rows) > self.max_pending:
+            self._drop(rows, kind)
         self._schedule()
 
     def _drop(self, rows, kind):
@@ -281,7 +386,7 @@ class Store:
         """Flush now, later, or after the write in flight: whichever applies."""
         if not self._running or self._writing:
             return
-        pending = len(self._channels) + len(self._clients)
+        pending = len(self._pending)
         if pending >= self._batch_size:
             self._flush()
         elif pending and self._timer is None:
@@ -293,37 +398,49 @@ class Store:
             if self._timer.active():
                 self._timer.cancel()
             self._timer = None
-        if not self._running or not (self._channels or self._clients):
+        if not self._running or not len(self._pending):
             return
-        channels, self._channels = self._channels, []
-        clients, self._clients = self._clients, []
+        now = self._reactor.seconds()
+        batch, self._pending = self._pending, _Batch(None, None)
+        batch.now, batch.cutoff = now, now - self._max_age
         self._writing += 1
-        cutoff = self._reactor.seconds() - self._max_age
-        d = self._defer(self._write, channels, clients, cutoff)
+        d = self._defer(self._write, batch)
         d.addErrback(lambda f: log.failure(
             "Could not write {channels} channel and {clients} client history records"
-            " to {path}", f, channels=len(channels), clients=len(clients), path=self._path))
+            " to {path}", f, channels=len(batch.channels), clients=len(batch.clients),
+            path=self._path))
         d.addBoth(self._written)
 
     def _written(self, _):
         self._writing -= 1
         self._schedule()
 
-    def _write(self, channels, clients, cutoff):
-        with self._conn:  # one transaction: commit, or roll back on error
-            for rows, insert, table, key in (
-                (channels, INSERT_CHANNEL, "channel_history", "channel_id"),
-                (clients, INSERT_CLIENT, "client_history", "client_id"),
+    def _write(self, batch):
+        conn = self._conn
+        with conn:  # one transaction: commit, or roll back on error
+            conn.executemany(INSERT_OPEN_CHANNEL, batch.open_channels)
+            conn.executemany(INSERT_OPEN_CLIENT, batch.open_clients)
+            channels = [{"count": None, **row} for row in batch.channels]
+            for rows, insert, table, opened, key in (
+                (channels, INSERT_COUNTED, "channel_history", "open_channels", "channel_id"),
+                (batch.clients, INSERT_CLIENT, "client_history", "open_clients", "client_id"),
             ):
                 if rows:
-                    self._conn.executemany(insert, rows)
-                    self._conn.execute(
+                    conn.executemany(insert, rows)
+                    conn.executemany(f"DELETE FROM {opened} WHERE {key} = ?",
+                                     [(row[key],) for row in rows])
+                    conn.execute(
                         "UPDATE last_ids SET value = max(value, ?) WHERE name = ?",
                         (max(row[key] for row in rows), key))
-                self._conn.execute(f"DELETE FROM {table} WHERE close_time < ?", (cutoff,))
-                self._conn.execute(
+                conn.execute(f"DELETE FROM {table} WHERE close_time < ?", (batch.cutoff,))
+                conn.execute(
                     f"DELETE FROM {table} WHERE {key} <= (SELECT {key} FROM {table}"
                     f" ORDER BY {key} DESC LIMIT 1 OFFSET ?)", (self._max_rows,))
+            conn.execute(
+                "DELETE FROM channel_history WHERE count IS NOT NULL AND channel_id <="
+                " (SELECT channel_id FROM channel_history WHERE count IS NOT NULL"
+                " ORDER BY channel_id DESC LIMIT 1 OFFSET ?)", (self._max_refusal_rows,))
+            conn.execute("UPDATE last_write SET time = max(time, ?)", (batch.now,))
 
     # -- history: queries ----------------------------------------------------
 
@@ -336,8 +453,9 @@ class Store:
         """
         self._flush()
         filters = {"port": port, "client_id": client_id, "channel_id": channel_id}
-        return self._defer(self._select, "channel_history", CHANNEL_KEYS, "channel_id",
-                           filters, limit, before)
+        d = self._defer(self._select, "channel_history", REFUSAL_KEYS, "channel_id",
+                        filters, limit, before)
+        return d.addCallback(_without_empty_count)
 
     def query_client_history(self, client_id=None, limit=100, before=None):
         """Like :meth:`query_channel_history`, for disconnected clients (:data:`CLIENT_KEYS`)."""
@@ -357,6 +475,14 @@ class Store:
         sql += f" ORDER BY {key} DESC LIMIT ?"
         args.append(limit)
         return [dict(zip(keys, row)) for row in self._conn.execute(sql, args)]
+
+
+def _without_empty_count(rows):
+    """Channel rows as the API shows them: ``count`` only on refusal rows."""
+    for row in rows:
+        if row["count"] is None:
+            del row["count"]
+    return rows
 
 
 class _Schema:
