@@ -289,11 +289,17 @@ class PortMapperServer(Service):
         The caller closes the connection; it takes no channel id.
         """
         self._refusals.refused(public_port, reason, ip, user_port)
+        if reason == NO_CLIENT:
+            mapping = self.registry.mappings.get(public_port)
+            if mapping is not None:
+                self.webhooks.no_client(public_port, mapping.tag)  # at most once a minute a port
 
     def _record_refusals(self, tally):
         log.info("port {port}: {count} connection(s) refused: {reason}",
                  port=tally.port, count=tally.count, reason=tally.reason,
                  first_time=tally.first_time, last_time=tally.last_time)
+        if tally.reason != NO_CLIENT:  # a policy's refusals: an operator may want to know
+            self.webhooks.refusals(tally.port, tally.reason, tally.count)
         channel_id = self.registry.new_channel_id()
         if channel_id is None:
             return  # no id on disk yet (IdBlocks logs it): the log line has to do
