@@ -452,13 +452,13 @@ class SchemaTests(StoreCase):
         """A new database is created at the latest version, id_blocks seeded with 1."""
         store = yield self.open()
         yield store.stop()
-        self.assertEqual(schema.LATEST, 2)
+        self.assertEqual(schema.LATEST, 4)
         self.assertEqual(inspect(self.path),
-                         ([(2,)], LATEST_TABLES, {"client_id": 1, "channel_id": 1}))
+                         ([(schema.LATEST,)], LATEST_TABLES, {"client_id": 1, "channel_id": 1}))
 
     @inlineCallbacks
     def test_v1_upgraded_rows_intact(self):
-        """A version-1 database (no version table) is upgraded to 2 and keeps every row."""
+        """A version-1 database (no version table) is upgraded to the latest and keeps every row."""
         conn = sql(self.path, schema.read("v1.sql"))
         with conn:
             conn.execute("INSERT INTO mappings VALUES (6000, '10.0.0.1', 22, 'lab')")
@@ -475,7 +475,7 @@ class SchemaTests(StoreCase):
         self.assertEqual((yield store.last_ids()), (4, 17))
         yield store.stop()
         self.assertEqual(inspect(self.path),
-                         ([(2,)], LATEST_TABLES, {"client_id": 5, "channel_id": 18}))
+                         ([(schema.LATEST,)], LATEST_TABLES, {"client_id": 5, "channel_id": 18}))
 
         # Upgraded or created new, a database ends with the same schema.
         upgraded, self.path = self.path, os.path.join(self.mktemp(), "new.sqlite3")
@@ -485,11 +485,12 @@ class SchemaTests(StoreCase):
     @inlineCallbacks
     def test_future_version_refused(self):
         """A database newer than the code is refused with one sentence, and left untouched."""
-        message = yield self.refused_after("UPDATE schema_version SET version = 3")
-        self.assertEqual(message, f"{self.path} has schema version 3, but this portmapper knows"
-                                  " versions up to 2 only: run a newer portmapper, or use"
-                                  " another data directory.")
-        self.assertEqual(inspect(self.path)[0], [(3,)])
+        newer = schema.LATEST + 1
+        message = yield self.refused_after(f"UPDATE schema_version SET version = {newer}")
+        self.assertEqual(message, f"{self.path} has schema version {newer}, but this portmapper"
+                                  f" knows versions up to {schema.LATEST} only: run a newer"
+                                  " portmapper, or use another data directory.")
+        self.assertEqual(inspect(self.path)[0], [(newer,)])
 
     @inlineCallbacks
     def test_failed_upgrade_rolled_back(self):
@@ -507,7 +508,7 @@ class SchemaTests(StoreCase):
         self.assertEqual((yield store.last_ids()), (0, 9))
         yield store.stop()
         self.assertEqual(inspect(self.path),
-                         ([(2,)], LATEST_TABLES, {"client_id": 1, "channel_id": 10}))
+                         ([(schema.LATEST,)], LATEST_TABLES, {"client_id": 1, "channel_id": 10}))
 
     @inlineCallbacks
     def test_failed_creation_leaves_nothing(self):
@@ -520,7 +521,7 @@ class SchemaTests(StoreCase):
 
         self.patch(schema, "read", READ)
         yield (yield self.open()).stop()
-        self.assertEqual(inspect(self.path)[:2], ([(2,)], LATEST_TABLES))
+        self.assertEqual(inspect(self.path)[:2], ([(schema.LATEST,)], LATEST_TABLES))
 
     @inlineCallbacks
     def test_foreign_database_refused(self):

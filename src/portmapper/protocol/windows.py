@@ -50,10 +50,12 @@ def credit_batch(size):
 class LinkEstimate:
     """The link's round-trip time and bandwidth towards us, as measured so far."""
 
-    __slots__ = ("rtt", "_rate", "_old_rate", "_train_start", "_train_last", "_train_bytes")
+    __slots__ = ("rtt", "round_trips", "_rate", "_old_rate", "_train_start", "_train_last",
+                 "_train_bytes")
 
     def __init__(self):
         self.rtt = None  # seconds, smoothed; None until the first PONG
+        self.round_trips = 0  # PONGs measured so far: the peer answered a ping this many times
         # bandwidth (bytes/s): the fastest train seen in this keepalive
         # interval, and what earlier intervals measured (fading)
         self._rate = self._old_rate = 0.0
@@ -63,6 +65,7 @@ class LinkEstimate:
     def round_trip(self, sample):
         """A PONG came back ``sample`` seconds after its PING."""
         self.rtt = sample if self.rtt is None else 0.75 * self.rtt + 0.25 * sample
+        self.round_trips += 1
 
     def bandwidth(self):
         """Bytes/s towards us (0 when unknown)."""

@@ -1,0 +1,2 @@
+-- Version 3: a placeholder in this branch only; the real upgrade-3.sql of
+-- another branch replaces it when the branches meet.

@@ -1,0 +1,140 @@
+"""
+Tests for the mapping policies as values: their rules (portmapper.validate),
+the admin API's POST and PATCH /port_mapper with them (over test_admin's
+fake server), the Mapping record, and the store keeping them.
+"""
+
+import ipaddress
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from portmapper import validate
+from portmapper.server.registry import Mapping
+from portmapper.server.store import Store
+from tests.test_admin import AdminTestCase
+
+
+class RuleTests(SynchronousTestCase):
+    def test_each_policy_parses(self):
+        """Each policy's text parses to its value and shows back as the same text."""
+        for name, text, value in [
+                ("allow", "10.0.0.0/8,127.0.0.5/32,fd00::/8",
+                 tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "127.0.0.5/32", "fd00::/8"))),
+                ("proxy_protocol", "v2", "v2"), ("max_channels", "3", 3),
+                ("rate_limit", "0.5", 0.5), ("rate_limit", "50", 50.0),
+                ("balance", "least_channels", "least_channels")]:
+            parse, _ = validate.POLICIES[name]
+            self.assertEqual(parse(text), value)
+            self.assertEqual(validate.policy_text(name, value), text)
+
+    def test_bad_policies(self):
+        """A bad value of each policy is a ValueError saying what it must be."""
+        for name, text in [("allow", "10.0.0.0/33"), ("allow", "a,b"),
+                           ("allow", ",".join(["10.0.0.1"] * (validate.MAX_NETWORKS + 1))),
+                           ("proxy_protocol", "v3"), ("proxy_protocol", "V1"),
+                           ("max_channels", "0"), ("max_channels", "-1"), ("max_channels", "1e3"),
+                           ("rate_limit", "0"), ("rate_limit", "-5"), ("rate_limit", "1e3"),
+                           ("rate_limit", "nan"), ("rate_limit", "200000"), ("rate_limit", "\u0665"),
+                           ("balance", "random")]:
+            parse, _ = validate.POLICIES[name]
+            error = self.assertRaises(ValueError, parse, text)
+            self.assertTrue(str(error).startswith("must be"), (name, text, str(error)))
+
+    def test_too_many_networks_says_so(self):
+        """An allow-list over the cap says the cap and the count."""
+        error = self.assertRaises(ValueError, validate.allow_list, ",".join(["10.0.0.1"] * 65))
+        self.assertEqual(str(error), "must be at most 64 networks, not 65")
+
+
+class MappingTests(SynchronousTestCase):
+    def test_shown_only_when_set(self):
+        """A mapping without policies shows the original three fields; set ones are added."""
+        mapping = Mapping(5433, "10.0.0.1", 22)
+        self.assertEqual(mapping.as_json(), {"ip": "10.0.0.1", "port": 22, "tag": "default"})
+        mapping.allow = validate.allow_list("127.0.0.5")
+        mapping.max_channels, mapping.rate_limit, mapping.proxy_protocol = 3, 5.0, "v1"
+        self.assertEqual(mapping.as_json(), {
+            "ip": "10.0.0.1", "port": 22, "tag": "default", "allow": "127.0.0.5/32",
+            "proxy_protocol": "v1", "max_channels": 3, "rate_limit": 5.0})
+
+    def test_allows(self):
+        """allows() checks the user's address against the networks, IPv4-mapped IPv6 as IPv4."""
+        mapping = Mapping(5433, "10.0.0.1", 22)
+        self.assertTrue(mapping.allows("192.0.2.1"))
+        mapping.allow = validate.allow_list("127.0.0.5/32,fd00::/8")
+        self.assertTrue(mapping.allows("127.0.0.5"))
+        self.assertTrue(mapping.allows("::ffff:127.0.0.5"))
+        self.assertTrue(mapping.allows("fd00::7"))
+        self.assertFalse(mapping.allows("127.0.0.1"))
+        self.assertFalse(mapping.allows("::1"))
+
+
+class PostPatchTests(AdminTestCase):
+    def test_post_with_policies(self):
+        """POST /port_mapper passes the parsed policies and answers the mapping with them."""
+        body = self.call("POST", "/port_mapper?port=5433&mapper_ip=10.0.0.1&mapper_port=22"
+                                 "&allow=127.0.0.5/32,10.0.0.0/8&proxy_protocol=v2&max_channels=3"
+                                 "&rate_limit=5&balance=least_channels")
+        self.assertEqual(body["port_mapper"]["5433"], {
+            "ip": "10.0.0.1", "port": 22, "tag": "default", "allow": "127.0.0.5/32,10.0.0.0/8",
+            "proxy_protocol": "v2", "max_channels": 3, "rate_limit": 5.0,
+            "balance": "least_channels"})
+        self.assertEqual(self.call("GET", "/port_mapper")["5433"], body["port_mapper"]["5433"])
+
+    def test_post_bad_policy(self):
+        """A malformed policy is a 400 naming it and its rule; nothing is created."""
+        for query, reason in [
+                ("allow=10.0.0.0/33", "Parameter 'allow' must be comma-separated IP networks"),
+                ("proxy_protocol=v3", "Parameter 'proxy_protocol' must be v1 or v2."),
+                ("max_channels=0", "Parameter 'max_channels' must be an integer from 1 to"),
+                ("rate_limit=fast", "Parameter 'rate_limit' must be a number of MB/s above 0"),
+                ("balance=random", "Parameter 'balance' must be round_robin or least_channels.")]:
+            got = self.failed("POST", "/port_mapper?port=5433&mapper_ip=10.0.0.1&mapper_port=22&"
+                              + query, 400)
+            self.assertTrue(got.startswith(reason), got)
+        self.assertEqual(self.server.calls, [])
+
+    def test_post_empty_policy_is_unset(self):
+        """POST with an empty policy value sets nothing."""
+        self.call("POST", "/port_mapper?port=5433&mapper_ip=10.0.0.1&mapper_port=22&allow=")
+        self.assertEqual(self.server.calls, [("add_mapping", 5433, "10.0.0.1", 22, "default")])
+
+    def test_patch(self):
+        """PATCH changes the target, tag and policies given; an empty value removes a policy."""
+        self.call("POST", "/port_mapper?port=5433&mapper_ip=10.0.0.1&mapper_port=22&max_channels=3")
+        body = self.call("PATCH", "/port_mapper?port=5433&mapper_ip=10.0.0.2&mapper_tag=lab"
+                                  "&max_channels=&rate_limit=20")
+        self.assertEqual(body, {"result": "success", "port_mapper": {"5433": {
+            "ip": "10.0.0.2", "port": 22, "tag": "lab", "rate_limit": 20.0}}})
+        self.assertEqual(self.server.calls[-1], ("change_mapping", 5433, {
+            "target_ip": "10.0.0.2", "tag": "lab", "max_channels": None, "rate_limit": 20.0}))
+
+    def test_patch_unknown_and_bad(self):
+        """PATCH of an unmapped port is a 404; a bad value a 400 that changes nothing."""
+        self.assertEqual(self.failed("PATCH", "/port_mapper?port=5999&rate_limit=2", 404),
+                         "No port mapper on port 5999.")
+        self.add_mapping(5433)
+        self.failed("PATCH", "/port_mapper?port=5433&rate_limit=2&mapper_port=0", 400)
+        self.failed("PATCH", "/port_mapper?port=5433&mapper_ip=", 400)
+        self.assertEqual(self.server.calls, [("change_mapping", 5999, {"rate_limit": 2.0})])
+
+
+class StoreTests(TestCase):
+    @inlineCallbacks
+    def test_policies_kept(self):
+        """Policies saved with a mapping load back as the texts; a mapping without any has none."""
+        path = os.path.join(self.mktemp(), "db.sqlite3")
+        store = Store(path, reactor)
+        yield store.start()
+        yield store.save_mapping(5433, "10.0.0.1", 22, "lab", {"rate_limit": "5", "allow": "10.0.0.0/8"})
+        yield store.save_mapping(5434, "10.0.0.1", 23, "lab")
+        yield store.stop()
+        store = Store(path, reactor)
+        yield store.start()
+        self.addCleanup(store.stop)
+        self.assertEqual((yield store.load_policies()),
+                         {5433: {"rate_limit": "5", "allow": "10.0.0.0/8"}})
+        self.assertEqual(len((yield store.load_mappings())), 2)
