@@ -12,6 +12,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from portmapper import validate
+from portmapper.server.proxyheader import header as proxy_header
 from portmapper.server.registry import Mapping
 from portmapper.server.store import Store
 from tests.test_admin import AdminTestCase
@@ -138,3 +139,26 @@ class StoreTests(TestCase):
         self.assertEqual((yield store.load_policies()),
                          {5433: {"rate_limit": "5", "allow": "10.0.0.0/8"}})
         self.assertEqual(len((yield store.load_mappings())), 2)
+
+
+class ProxyHeaderTests(SynchronousTestCase):
+    def test_v1(self):
+        """v1 is the spec's text line, TCP4 or TCP6, IPv4-mapped addresses as IPv4."""
+        self.assertEqual(proxy_header("v1", ("192.0.2.1", 56324), ("198.51.100.7", 443)),
+                         b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 443\r\n")
+        self.assertEqual(proxy_header("v1", ("::ffff:192.0.2.1", 1), ("192.0.2.2", 2)),
+                         b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n")
+        self.assertEqual(proxy_header("v1", ("2001:db8::1", 56324), ("2001:db8::2", 443)),
+                         b"PROXY TCP6 2001:db8::1 2001:db8::2 56324 443\r\n")
+
+    def test_v2(self):
+        """v2 is the signature, 0x21, the family, the length, addresses and ports in network order."""
+        self.assertEqual(
+            proxy_header("v2", ("192.0.2.1", 56324), ("198.51.100.7", 443)),
+            b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + bytes([192, 0, 2, 1, 198, 51, 100, 7])
+            + b"\xdc\x04\x01\xbb")
+        v6 = proxy_header("v2", ("2001:db8::1", 1), ("192.0.2.2", 2))
+        self.assertEqual(v6[12:16], b"\x21\x21\x00\x24")
+        self.assertEqual(v6[16:32], ipaddress.ip_address("2001:db8::1").packed)
+        self.assertEqual(v6[32:48], ipaddress.ip_address("::ffff:192.0.2.2").packed)
+        self.assertEqual(v6[48:], b"\x00\x01\x00\x02")

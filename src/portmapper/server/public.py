@@ -8,6 +8,11 @@ first bytes go with the request to open the channel (early data, see
 target, with the link's flow control both ways.  The protocol reports what
 happens to the channel's record in the registry, which decides the reason
 history gives for its end.
+
+The mapping's policies are enforced here, at accept: a user outside
+``allow`` or beyond ``max_channels`` is closed at once (``denied``,
+``limit``) and no client hears of it; with ``proxy_protocol`` the OPEN
+carries the PROXY protocol header the client writes to the target first.
 """
 
 from twisted.internet.error import ConnectionDone
@@ -16,7 +21,10 @@ from twisted.logger import Logger
 
 from portmapper.protocol import frames
 from portmapper.protocol.connection import LinkUnavailable
-from portmapper.server.registry import NO_CLIENT, TARGET_CLOSED, TARGET_REFUSED, TIMEOUT, USER_CLOSED
+from portmapper.server.proxyheader import header as proxy_header
+from portmapper.server.registry import (
+    DENIED, LIMIT, NO_CLIENT, TARGET_CLOSED, TARGET_REFUSED, TIMEOUT, USER_CLOSED,
+)
 from portmapper.transport.link import ChannelEnd
 
 log = Logger()
@@ -40,12 +48,33 @@ class PublicProtocol(ChannelEnd):
             mapping.public_port, peer.host, peer.port, server.clock.seconds(), user=self)
         self.meter = record.meter
         record.target_ip, record.target_port = mapping.target_ip, mapping.target_port
-        session = server.registry.pick_client(mapping.tag)
+        if not mapping.allows(peer.host):
+            self.refuse(DENIED)
+            return
+        if mapping.max_channels is not None and len(mapping.users) >= mapping.max_channels:
+            self.refuse(LIMIT)
+            return
+        mapping.users.add(self)
+        self._open()
+
+    def refuse(self, reason):
+        """A policy of the mapping turns this user away at accept (``denied``, ``limit``)."""
+        self.close(reason)
+
+    def _open(self):
+        """Ask a client of the mapping's tag to open the channel; ``no client`` if none can."""
+        server, mapping, record = self.server, self.mapping, self.record
+        session = server.registry.pick_client(mapping.tag, mapping.balance)
         if session is None:
             self.close(NO_CLIENT)
             return
+        preamble = b""
+        if mapping.proxy_protocol is not None:
+            peer, host = self.transport.getPeer(), self.transport.getHost()
+            preamble = proxy_header(mapping.proxy_protocol, (peer.host, peer.port),
+                                    (host.host, host.port))
         try:
-            session.link.openChannel(self, mapping.target_ip, mapping.target_port)
+            session.link.openChannel(self, mapping.target_ip, mapping.target_port, preamble)
         except LinkUnavailable:
             self.close(NO_CLIENT)
             return
@@ -101,6 +130,7 @@ class PublicProtocol(ChannelEnd):
         if not reason.check(ConnectionDone):
             self.record.aborted(USER_CLOSED)  # the user's connection broke
         super().connectionLost(reason)
+        self.mapping.users.discard(self)
         self.server.channelClosed(self.record)
 
     def _cancelOpenTimer(self):

@@ -1,0 +1,228 @@
+"""
+End-to-end tests of the mapping policies over real loopback TCP: a server
+and a client as the twistd plugins build them, backends in the same
+reactor, users on blocking sockets in threads (bound to 127.0.0.x source
+addresses where the address matters).
+"""
+
+import ipaddress
+import socket
+import struct
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+
+from tests.e2e import (
+    Backend, Echo, Running, echo_roundtrip, free_port, in_thread, recv_or_reset, start_client,
+    wait_for,
+)
+
+try:
+    from proxyprotocol.v1 import ProxyProtocolV1
+    from proxyprotocol.v2 import ProxyProtocolV2
+except ImportError:  # the test extra installs it
+    ProxyProtocolV1 = ProxyProtocolV2 = None
+
+
+def connect_from(source_ip, port, timeout=20.0):
+    """A socket to 127.0.0.1:``port`` whose source address is ``source_ip``."""
+    s = socket.socket()
+    s.settimeout(timeout)
+    s.bind((source_ip, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def roundtrip_from(source_ip, port, data):
+    """Send ``data`` from ``source_ip`` and read back as much, or what comes until the close."""
+    s = connect_from(source_ip, port)
+    try:
+        s.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            chunk = s.recv(len(data) - len(got))
+            if not chunk:
+                break
+            got += chunk
+        return got
+    except ConnectionResetError:
+        return b""
+    finally:
+        s.close()
+
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def parse_proxy_header(data):
+    """
+    Read a PROXY protocol header as proxy-protocol.txt specifies it:
+    ``(version, family, source ip, destination ip, source port,
+    destination port, the bytes after it)``.
+    """
+    if data.startswith(b"PROXY "):
+        line, sep, rest = data.partition(b"\r\n")
+        assert sep and len(line) + 2 <= 107, "v1: one CRLF-terminated line of at most 107 bytes"
+        parts = line.decode("ascii").split(" ")
+        assert len(parts) == 6 and parts[1] in ("TCP4", "TCP6"), parts
+        for port in parts[4:]:
+            assert port == str(int(port)) and 0 <= int(port) <= 65535, port
+        family = 4 if parts[1] == "TCP4" else 6
+        source, destination = (ipaddress.ip_address(a) for a in parts[2:4])
+        assert source.version == destination.version == family
+        return ("v1", parts[1], str(source), str(destination), int(parts[4]), int(parts[5]), rest)
+    assert data[:12] == V2_SIGNATURE, data[:16]
+    version_command, family, length = data[12], data[13], struct.unpack("!H", data[14:16])[0]
+    assert version_command == 0x21, "version 2, command PROXY"
+    body, rest = data[16:16 + length], data[16 + length:]
+    if family == 0x11:  # TCP over IPv4
+        assert length == 12
+        src, dst, ports = body[:4], body[4:8], body[8:12]
+        name = "TCP4"
+    else:
+        assert family == 0x21 and length == 36, "TCP over IPv6"
+        src, dst, ports = body[:16], body[16:32], body[32:36]
+        name = "TCP6"
+    sport, dport = struct.unpack("!HH", ports)
+    return ("v2", name, str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)),
+            sport, dport, rest)
+
+
+class Recorder(Protocol):
+    """A target that keeps every byte it reads."""
+
+    def connectionMade(self):
+        self.received = b""
+
+    def dataReceived(self, data):
+        self.received += data
+
+
+class PolicyTestCase(TestCase):
+    """A server, one client; mappings made with policies."""
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        self.running = yield Running(self, self.mktemp()).start()
+        self.server = self.running.server
+        self.client = start_client(self, self.server.client_port)
+        yield wait_for(lambda: len(self.server.registry.clients) == 1, what="the client")
+
+    @inlineCallbacks
+    def map(self, target_port, **policies):
+        public = free_port()
+        code, body = yield self.running.api(
+            "POST", "/port_mapper", port=str(public), mapper_ip="127.0.0.1",
+            mapper_port=str(target_port), **policies)
+        self.assertEqual(code, 200, body)
+        return public
+
+    @inlineCallbacks
+    def history(self, public):
+        code, body = yield self.running.api("GET", "/channel_history", port=str(public))
+        return [(row["ip"], row["close_reason"]) for row in body["history"]]
+
+
+class AllowTests(PolicyTestCase):
+    @inlineCallbacks
+    def test_allow(self):
+        """With allow=127.0.0.5/32 a user from 127.0.0.5 is carried, one from 127.0.0.1 denied."""
+        public = yield self.map(Backend(Echo).listen(self), allow="127.0.0.5/32")
+        self.assertEqual((yield in_thread(roundtrip_from, "127.0.0.5", public, b"in")), b"in")
+        self.assertEqual((yield in_thread(roundtrip_from, "127.0.0.1", public, b"out")), b"")
+        yield wait_for(lambda: not self.server.registry.channels, what="both channels to close")
+        self.assertEqual((yield self.history(public)),
+                         [("127.0.0.1", "denied"), ("127.0.0.5", "user closed")])
+
+
+class ProxyProtocolTests(PolicyTestCase):
+    @inlineCallbacks
+    def carried_header(self, version):
+        backend = Backend(Recorder)
+        public = yield self.map(backend.listen(self), proxy_protocol=version)
+        user = yield in_thread(connect_from, "127.0.0.5", public)
+        self.addCleanup(user.close)
+        user_port = user.getsockname()[1]
+        payload = bytes(range(256)) * 64
+        yield in_thread(user.sendall, payload)
+        yield wait_for(lambda: backend.connections
+                       and len(backend.connections[0].received) >= len(payload),
+                       what="the header and the payload at the target")
+        received = backend.connections[0].received
+        parsed = parse_proxy_header(received)
+        self.assertEqual(parsed[:6], (version, "TCP4", "127.0.0.5", "127.0.0.1", user_port, public))
+        self.assertEqual(parsed[6], payload)
+        return received, user_port, public
+
+    @inlineCallbacks
+    def test_v1(self):
+        """proxy_protocol=v1: the target reads the spec's text line, then the user's bytes unchanged."""
+        received, user_port, public = yield self.carried_header("v1")
+        self.assertTrue(received.startswith(
+            b"PROXY TCP4 127.0.0.5 127.0.0.1 %d %d\r\n" % (user_port, public)))
+        if ProxyProtocolV1 is not None:
+            line = received[:received.index(b"\r\n") + 2]
+            result = ProxyProtocolV1().unpack(line)
+            self.assertEqual((str(result.source[0]), result.source[1], result.dest[1]),
+                             ("127.0.0.5", user_port, public))
+
+    @inlineCallbacks
+    def test_v2(self):
+        """proxy_protocol=v2: the target reads the spec's binary header, then the user's bytes unchanged."""
+        received, user_port, public = yield self.carried_header("v2")
+        self.assertEqual(received[:28], V2_SIGNATURE + b"\x21\x11\x00\x0c"
+                         + socket.inet_aton("127.0.0.5") + socket.inet_aton("127.0.0.1")
+                         + struct.pack("!HH", user_port, public))
+        if ProxyProtocolV2 is not None:
+            result = ProxyProtocolV2().unpack(received[:28])
+            self.assertEqual((str(result.source[0]), result.source[1], result.dest[1]),
+                             ("127.0.0.5", user_port, public))
+
+
+class MaxChannelsTests(PolicyTestCase):
+    @inlineCallbacks
+    def test_max_channels(self):
+        """max_channels=3: a fourth user is closed at once ('limit'); a fifth gets in after one closes."""
+        public = yield self.map(Backend(Echo).listen(self), max_channels="3")
+        users = []
+        for n in range(3):
+            user = yield in_thread(connect_from, "127.0.0.1", public)
+            self.addCleanup(user.close)
+            users.append(user)
+            yield in_thread(lambda: (user.sendall(b"%d" % n), user.recv(1)))
+        fourth = yield in_thread(connect_from, "127.0.0.4", public)
+        self.addCleanup(fourth.close)
+        self.assertEqual((yield in_thread(recv_or_reset, fourth)), b"")
+        self.assertIn(("127.0.0.4", "limit"), (yield self.history(public)))
+        users[0].close()
+        yield wait_for(lambda: len(self.server.registry.channels) == 3 - 1, what="one to close")
+        self.assertEqual((yield in_thread(roundtrip_from, "127.0.0.6", public, b"fifth")), b"fifth")
+
+
+class KeptTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_policies_survive_restart(self):
+        """Policies set by POST and PATCH are shown after a restart and still enforced."""
+        data_dir = self.mktemp()
+        first = yield Running(self, data_dir).start()
+        public = free_port()
+        yield first.api("POST", "/port_mapper", port=str(public), mapper_ip="127.0.0.1",
+                        mapper_port="9", allow="127.0.0.5", max_channels="3")
+        code, body = yield first.api("PATCH", "/port_mapper", port=str(public),
+                                     max_channels="", proxy_protocol="v2", rate_limit="2.5")
+        self.assertEqual(code, 200, body)
+        yield first.stop()
+        second = yield Running(self, data_dir).start()
+        code, mappings = yield second.api("GET", "/port_mapper")
+        self.assertEqual(mappings[str(public)], {
+            "ip": "127.0.0.1", "port": 9, "tag": "default", "allow": "127.0.0.5/32",
+            "proxy_protocol": "v2", "rate_limit": 2.5})
+        self.assertEqual((yield in_thread(roundtrip_from, "127.0.0.1", public, b"x")), b"")
+        yield wait_for(lambda: not second.server.registry.channels, what="the denied channel")
+        code, body = yield second.api("GET", "/channel_history", port=str(public))
+        self.assertEqual(body["history"][0]["close_reason"], "denied")
