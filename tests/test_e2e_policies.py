@@ -226,3 +226,110 @@ class KeptTests(TestCase):
         yield wait_for(lambda: not second.server.registry.channels, what="the denied channel")
         code, body = yield second.api("GET", "/channel_history", port=str(public))
         self.assertEqual(body["history"][0]["close_reason"], "denied")
+
+
+MB = 2**20
+
+
+class Flood(Protocol):
+    """Sends a pattern as fast as the transport takes it (if ``sends``), and counts what it reads."""
+
+    chunk = bytes(range(256)) * 256  # 64 KiB
+
+    def __init__(self, sends=True):
+        self.sends = sends
+
+    def connectionMade(self):
+        self.received = 0
+        self.paused = False
+        if self.sends:
+            self.transport.registerProducer(self, True)
+            self.resumeProducing()
+
+    def dataReceived(self, data):
+        self.received += len(data)
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        for _ in range(64):  # bounded: the transport pauses us long before
+            if self.paused:
+                break
+            self.transport.write(self.chunk)
+
+    def stopProducing(self):
+        self.paused = True
+
+
+class RateLimitTests(PolicyTestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def flood(self, public, users=2):
+        """``users`` Flood users on ``public``; fires with (users, targets) once all are carried."""
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", public)
+        found = []
+        for _ in range(users):
+            protocol = yield connectProtocol(endpoint, Flood())
+            self.addCleanup(protocol.transport.abortConnection)
+            found.append(protocol)
+        yield wait_for(lambda: len(self.targets.connections) == users, what="the targets")
+        return found, self.targets.connections
+
+    @inlineCallbacks
+    def rates(self, users, targets, seconds):
+        """MB/s over ``seconds`` per user: (received by its target, received by the user)."""
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+        before = [(t.received, u.received) for u, t in zip(users, targets)]
+        yield deferLater(reactor, seconds, lambda: None)  # the measuring interval
+        after = [(t.received, u.received) for u, t in zip(users, targets)]
+        return [((a[0] - b[0]) / seconds / MB, (a[1] - b[1]) / seconds / MB)
+                for a, b in zip(after, before)]
+
+    def assertWithin(self, rates, limit, tolerance, what, directions=(0, 1)):
+        for direction, name in ((0, "recv"), (1, "send")):
+            if direction not in directions:
+                continue
+            shares = [r[direction] for r in rates]
+            total = sum(shares)
+            self.assertLess(abs(total - limit) / limit, tolerance,
+                            f"{what}: {name} at {total:.2f} MB/s for a limit of {limit}")
+            mean = total / len(shares)
+            self.assertGreater(min(shares), mean / 2, f"{what}: {name} shares {shares}")
+
+    @inlineCallbacks
+    def test_rates(self):
+        """
+        rate_limit at 5 MB/s (both directions at once) and at 50 MB/s (from
+        the users: what two shared cores carry surely) holds within 10% over
+        3 s, shared fairly by two channels.
+        """
+        for limit, both in ((5, True), (50, False)):
+            self.targets = Backend(lambda: Flood(sends=both))
+            public = yield self.map(self.targets.listen(self), rate_limit=str(limit))
+            users, targets = yield self.flood(public)
+            yield self.rates(users, targets, 0.5)  # past the first bucket and windows
+            rates = yield self.rates(users, targets, 3.0)
+            self.assertWithin(rates, limit, 0.10, f"rate_limit={limit}",
+                              directions=(0, 1) if both else (0,))
+            for user in users:
+                user.transport.abortConnection()
+
+    @inlineCallbacks
+    def test_patch_rate(self):
+        """PATCH to another rate_limit holds the open channels to it within a second."""
+        self.targets = Backend(Flood)
+        public = yield self.map(self.targets.listen(self), rate_limit="40")
+        users, targets = yield self.flood(public)
+        yield self.rates(users, targets, 0.5)
+        code, body = yield self.running.api("PATCH", "/port_mapper", port=str(public),
+                                            rate_limit="4")
+        self.assertEqual(code, 200, body)
+        yield self.rates(users, targets, 1.0)  # the change takes effect within this second
+        rates = yield self.rates(users, targets, 1.5)
+        self.assertWithin(rates, 4, 0.15, "after PATCH to 4")

@@ -9,10 +9,13 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from portmapper import validate
+from portmapper.server.meter import MB
 from portmapper.server.proxyheader import header as proxy_header
+from portmapper.server.ratelimit import MIN_BURST, WINDOW_CAP, RateLimiter
 from portmapper.server.registry import Mapping
 from portmapper.server.store import Store
 from tests.test_admin import AdminTestCase
@@ -162,3 +165,78 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertEqual(v6[16:32], ipaddress.ip_address("2001:db8::1").packed)
         self.assertEqual(v6[32:48], ipaddress.ip_address("::ffff:192.0.2.2").packed)
         self.assertEqual(v6[48:], b"\x00\x01\x00\x02")
+
+
+class _End:
+    """A channel end as the rate limiter sees one, recording what it is told."""
+
+    def __init__(self):
+        self.transport = type("T", (), {"bufferSize": 0})()
+        self.reading_held, self.credit_held, self.cap = set(), set(), None
+        self.received = self.delivered = 0
+
+    def dataReceived(self, data):
+        self.received += len(data)
+
+    def deliver(self, data):
+        self.delivered += len(data)
+
+    def holdReading(self, why):
+        self.reading_held.add(why)
+
+    def releaseReading(self, why):
+        self.reading_held.discard(why)
+
+    def holdCredit(self, why, held):
+        (self.credit_held.add if held else self.credit_held.discard)(why)
+
+    def capWindow(self, size):
+        self.cap = size
+
+
+class RateLimiterTests(SynchronousTestCase):
+    def test_pause_and_resume_with_one_timer(self):
+        """A dry bucket pauses every end of that direction under one timer, which resumes them."""
+        clock = Clock()
+        limiter = RateLimiter(clock, 1)  # 1 MB/s: a bucket of MIN_BURST bytes
+        ends = [_End(), _End()]
+        for end in ends:
+            limiter.add(end)
+        ends[0].dataReceived(b"x" * (MIN_BURST + 1))
+        self.assertEqual([e.reading_held for e in ends], [{"rate"}, {"rate"}])
+        self.assertEqual([e.credit_held for e in ends], [set(), set()])
+        ends[1].deliver(b"y" * (MIN_BURST + 1))
+        self.assertEqual([e.credit_held for e in ends], [{"rate"}, {"rate"}])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0.1)  # half a bucket and the debt, refilled at 1 MB/s
+        self.assertEqual([(e.reading_held, e.credit_held) for e in ends], [(set(), set())] * 2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_rate_over_time(self):
+        """Bytes taken whenever the ends are not held add up to the rate, with the first bucket."""
+        clock = Clock()
+        limiter = RateLimiter(clock, 2)
+        end = _End()
+        limiter.add(end)
+        for _ in range(1000):  # 10 s in 10 ms steps, up to 8 reads of 16 KiB in each
+            for _ in range(8):
+                if not end.reading_held:
+                    end.dataReceived(b"z" * 16384)
+            clock.advance(0.01)
+        expected = 2 * MB * 10 + limiter.recv.burst
+        self.assertLess(abs(end.received - expected) / expected, 0.02)
+
+    def test_removed_end_is_plain(self):
+        """An end removed from the limiter has its own methods back, released and uncapped."""
+        clock = Clock()
+        limiter = RateLimiter(clock, 1)
+        end = _End()
+        limiter.add(end)
+        self.assertIn("dataReceived", vars(end))
+        self.assertEqual(end.cap, WINDOW_CAP)
+        end.dataReceived(b"x" * (MIN_BURST + 1))
+        limiter.remove(end)
+        self.assertNotIn("dataReceived", vars(end))
+        self.assertNotIn("deliver", vars(end))
+        self.assertEqual((end.reading_held, end.cap), (set(), None))
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -176,6 +176,18 @@ class ReceiveWindow:
         self.allowed += grow
         return grow
 
+    def cap(self, size):
+        """
+        Let the window grow to ``size`` at most (never below its initial
+        size) from now on; a larger one shrinks to it as its credit comes back.
+        """
+        size = max(self.initial, size)
+        self.max_size = size
+        if self.size > size:
+            self.debt += self.size - size
+            self.size = size
+            self.batch = credit_batch(size)
+
     def idle(self):
         """
         A keepalive tick: a grown window that saw no data since the last tick

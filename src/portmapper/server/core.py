@@ -28,6 +28,7 @@ from portmapper.errors import MappingExists, PortUnavailable, UnknownChannel, Un
 from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.link import ILinkServer
 from portmapper.server.public import PublicFactory
+from portmapper.server.ratelimit import RateLimiter
 from portmapper.server.registry import (
     CLOSED, CLOSED_BY_ADMIN, DRAINING, MAPPING_DELETED, NO_CLIENT, PROTOCOL_ERROR,
     SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Mapping, Registry,
@@ -172,6 +173,20 @@ class PortMapperServer(Service):
         to its value (None removes a policy)."""
         for name, value in values.items():
             setattr(mapping, name, value)
+        self._limit(mapping)
+
+    def _limit(self, mapping):
+        """Give the mapping the rate limiter its ``rate_limit`` asks for (its open channels too)."""
+        if mapping.rate_limit is None:
+            if mapping.limiter is not None:
+                mapping.limiter.stop()
+                mapping.limiter = None
+        elif mapping.limiter is None:
+            mapping.limiter = RateLimiter(self.clock, mapping.rate_limit)
+            for user in mapping.users:
+                mapping.limiter.add(user)
+        else:
+            mapping.limiter.set_rate(mapping.rate_limit)
 
     def _save(self, mapping):
         return self.store.save_mapping(mapping.public_port, mapping.target_ip, mapping.target_port,
@@ -235,6 +250,8 @@ class PortMapperServer(Service):
             raise UnknownMapping(public_port)
         for channel in self.registry.channels_on_port(public_port):
             channel.user.close(MAPPING_DELETED)
+        if mapping.limiter is not None:
+            mapping.limiter.stop()
         if mapping.listening is not None:
             yield mapping.listening.stopListening()
         yield self.store.delete_mapping(public_port)

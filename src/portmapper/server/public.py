@@ -33,12 +33,21 @@ _OPEN_FAIL_REASONS = {frames.FAIL_TIMEOUT: TIMEOUT}
 
 
 class PublicProtocol(ChannelEnd):
+    """
+    One public user's connection (see the module docstring).  Its reading
+    is held while anything holds it (the link's credit, the mapping's rate
+    limit), and so is the channel's credit (its write buffer, the limit).
+    """
+
     def __init__(self, server, mapping):
         self.server = server
         self.mapping = mapping
         self.record = None
         self.session = None  # the client carrying the channel
         self._open_timer = None
+        self._reading_held = set()  # why the user's socket is not read: "link", "rate"
+        self._credit_held = set()  # why the channel's credit is held back: "buffer", "rate"
+        self._window_cap = None  # the most the channel's window may be while rate-limited
 
     def connectionMade(self):
         super().connectionMade()
@@ -55,6 +64,8 @@ class PublicProtocol(ChannelEnd):
             self.refuse(LIMIT)
             return
         mapping.users.add(self)
+        if mapping.limiter is not None:
+            mapping.limiter.add(self)
         self._open()
 
     def refuse(self, reason):
@@ -83,6 +94,15 @@ class PublicProtocol(ChannelEnd):
         session.channels.add(record.channel_id)
         self._open_timer = server.clock.callLater(
             server.settings.open_timeout, self.close, TIMEOUT)
+
+    def channelAdded(self):
+        """A link carries the channel from now on: it learns what we hold back."""
+        if getattr(self.transport, "producer", None) is not self:  # not again after a failover
+            super().channelAdded()
+        if self._window_cap is not None:
+            self.link.channelWindowCap(self.channel_id, self._window_cap)
+        if self._credit_held:
+            self.link.channelFull(self.channel_id, True)
 
     def close(self, reason):
         """Close this channel at both ends now, recording ``reason``."""
@@ -131,7 +151,52 @@ class PublicProtocol(ChannelEnd):
             self.record.aborted(USER_CLOSED)  # the user's connection broke
         super().connectionLost(reason)
         self.mapping.users.discard(self)
+        if self.mapping.limiter is not None:
+            self.mapping.limiter.remove(self)
         self.server.channelClosed(self.record)
+
+    # -- holding the reading and the credit -----------------------------------------
+
+    def pauseReading(self):
+        self.holdReading("link")
+
+    def resumeReading(self):
+        self.releaseReading("link")
+
+    def holdReading(self, why):
+        """Stop reading the user's socket because of ``why``, until released."""
+        if not self._reading_held:
+            self.transport.pauseProducing()
+        self._reading_held.add(why)
+
+    def releaseReading(self, why):
+        """``why`` no longer holds the reading; read again if nothing else does."""
+        if why in self._reading_held:
+            self._reading_held.discard(why)
+            if not self._reading_held:
+                self.transport.resumeProducing()
+
+    def pauseProducing(self):
+        self.holdCredit("buffer", True)
+
+    def resumeProducing(self):
+        self.holdCredit("buffer", False)
+
+    def holdCredit(self, why, held):
+        """Hold back (or, ``held`` false, no longer) the channel's credit because of ``why``."""
+        before = bool(self._credit_held)
+        if held:
+            self._credit_held.add(why)
+        else:
+            self._credit_held.discard(why)
+        if bool(self._credit_held) != before and self.link is not None:
+            self.link.channelFull(self.channel_id, not before)
+
+    def capWindow(self, size):
+        """Keep the channel's receive window at ``size`` bytes at most (None: no cap)."""
+        self._window_cap = size
+        if self.link is not None:
+            self.link.channelWindowCap(self.channel_id, size)
 
     def _cancelOpenTimer(self):
         if self._open_timer is not None and self._open_timer.active():
