@@ -333,3 +333,69 @@ class RateLimitTests(PolicyTestCase):
         yield self.rates(users, targets, 1.0)  # the change takes effect within this second
         rates = yield self.rates(users, targets, 1.5)
         self.assertWithin(rates, 4, 0.15, "after PATCH to 4")
+
+
+class EchoUser(Protocol):
+    """Sends a line at once and fires ``done`` with what comes back once it is all there (or closed)."""
+
+    def __init__(self, line):
+        from twisted.internet.defer import Deferred
+        self.line = line
+        self.got = b""
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.line)
+
+    def dataReceived(self, data):
+        self.got += data
+        if len(self.got) >= len(self.line) and not self.done.called:
+            self.done.callback(self.got)
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.callback(self.got)
+
+
+class FailoverTests(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_client_lost_mid_open(self):
+        """With 200 users mid-open, the first client's link cut: every channel it had not opened is carried by the second."""
+        from twisted.internet import reactor
+        from twisted.internet.defer import gatherResults
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+        running = yield Running(self, self.mktemp()).start()
+        server = running.server
+        for _ in range(2):
+            start_client(self, server.client_port)
+        yield wait_for(lambda: len(server.registry.clients) == 2, what="two clients")
+        first, second = (server.registry.clients[i] for i in sorted(server.registry.clients))
+        public = free_port()
+        yield running.api("POST", "/port_mapper", port=str(public), mapper_ip="127.0.0.1",
+                          mapper_port=str(Backend(Echo).listen(self)))
+        first.link.transport.pauseProducing()  # its OPEN_OKs go unread: its opens hang
+
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", public)
+        users = []
+        for n in range(200):
+            user = yield connectProtocol(endpoint, EchoUser(b"user %d\n" % n))
+            self.addCleanup(user.transport.abortConnection)
+            users.append(user)
+        yield wait_for(lambda: len(server.registry.channels) == 200, what="200 channels")
+        yield wait_for(lambda: sum(c.opened for c in server.registry.channels.values()) >= 100,
+                       what="the second client's channels to open")
+        stalled = {c.channel_id for c in server.registry.channels.values()
+                   if c.client_id == first.client_id and not c.opened}
+        self.assertGreaterEqual(len(stalled), 90)
+
+        first.link.transport.abortConnection()
+        got = yield gatherResults([user.done for user in users])
+        self.assertEqual(got, [b"user %d\n" % n for n in range(200)])
+        self.assertEqual({c.client_id for c in server.registry.channels.values()},
+                         {second.client_id})
+        self.assertTrue(all(server.registry.channels[i].opened for i in stalled))
+        for user in users:
+            user.transport.loseConnection()
+        yield wait_for(lambda: not server.registry.channels, what="the channels to close")

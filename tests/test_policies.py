@@ -15,8 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from portmapper import validate
 from portmapper.server.meter import MB
 from portmapper.server.proxyheader import header as proxy_header
-from portmapper.server.ratelimit import MIN_BURST, WINDOW_CAP, RateLimiter
-from portmapper.server.registry import Mapping
+from portmapper.server.ratelimit import WINDOW_CAP, RateLimiter
+from portmapper.protocol.windows import LinkEstimate
+from portmapper.server.registry import Mapping, Registry
 from portmapper.server.store import Store
 from tests.test_admin import AdminTestCase
 
@@ -198,17 +199,18 @@ class RateLimiterTests(SynchronousTestCase):
     def test_pause_and_resume_with_one_timer(self):
         """A dry bucket pauses every end of that direction under one timer, which resumes them."""
         clock = Clock()
-        limiter = RateLimiter(clock, 1)  # 1 MB/s: a bucket of MIN_BURST bytes
+        limiter = RateLimiter(clock, 1)  # 1 MB/s
+        burst = int(limiter.recv.burst)
         ends = [_End(), _End()]
         for end in ends:
             limiter.add(end)
-        ends[0].dataReceived(b"x" * (MIN_BURST + 1))
+        ends[0].dataReceived(b"x" * (burst + 1))
         self.assertEqual([e.reading_held for e in ends], [{"rate"}, {"rate"}])
         self.assertEqual([e.credit_held for e in ends], [set(), set()])
-        ends[1].deliver(b"y" * (MIN_BURST + 1))
+        ends[1].deliver(b"y" * (burst + 1))
         self.assertEqual([e.credit_held for e in ends], [{"rate"}, {"rate"}])
         self.assertEqual(len(clock.getDelayedCalls()), 1)
-        clock.advance(0.1)  # half a bucket and the debt, refilled at 1 MB/s
+        clock.advance(0.1)  # the debt and a quarter of the bucket, refilled at 1 MB/s
         self.assertEqual([(e.reading_held, e.credit_held) for e in ends], [(set(), set())] * 2)
         self.assertEqual(clock.getDelayedCalls(), [])
 
@@ -234,9 +236,51 @@ class RateLimiterTests(SynchronousTestCase):
         limiter.add(end)
         self.assertIn("dataReceived", vars(end))
         self.assertEqual(end.cap, WINDOW_CAP)
-        end.dataReceived(b"x" * (MIN_BURST + 1))
+        end.dataReceived(b"x" * (int(limiter.recv.burst) + 1))
         limiter.remove(end)
         self.assertNotIn("dataReceived", vars(end))
         self.assertNotIn("deliver", vars(end))
         self.assertEqual((end.reading_held, end.cap), (set(), None))
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class _Link:
+    """What ClientSession.answering() reads of a link: its round trips measured."""
+
+    def __init__(self):
+        self.connection = type("C", (), {})()
+        self.connection.estimate = LinkEstimate()
+
+
+class BalanceTests(SynchronousTestCase):
+    def clients(self, registry, count):
+        return [registry.new_client("10.0.0.%d" % n, 40000, "lab", 0.0, link=_Link())
+                for n in range(count)]
+
+    def test_least_channels(self):
+        """balance=least_channels picks the client carrying the fewest channels."""
+        registry = Registry()
+        a, b, c = self.clients(registry, 3)
+        a.channels.update({1, 2}), b.channels.update({3}), c.channels.update({4, 5, 6})
+        self.assertIs(registry.pick_client("lab", "least_channels"), b)
+        b.channels.update({7, 8})
+        self.assertIs(registry.pick_client("lab", "least_channels"), a)
+        self.assertIs(registry.pick_client("lab", "least_channels", exclude=a), b)
+
+    def test_round_robin_default(self):
+        """Without balance the clients take turns."""
+        registry = Registry()
+        a, b = self.clients(registry, 2)
+        self.assertEqual([registry.pick_client("lab") for _ in range(4)], [a, b, a, b])
+
+    def test_timed_out_client_passed_by_until_it_answers(self):
+        """A client whose open timed out is passed by while another can serve, until its next PONG."""
+        registry = Registry()
+        a, b = self.clients(registry, 2)
+        a.open_timed_out()
+        self.assertEqual({registry.pick_client("lab") for _ in range(4)}, {b})
+        b.state = "DRAINING"
+        self.assertIs(registry.pick_client("lab"), a)  # the only one left still serves
+        b.state = "WORKING"
+        a.link.connection.estimate.round_trip(0.01)
+        self.assertEqual({registry.pick_client("lab") for _ in range(4)}, {a, b})

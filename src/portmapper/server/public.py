@@ -13,6 +13,12 @@ The mapping's policies are enforced here, at accept: a user outside
 ``allow`` or beyond ``max_channels`` is closed at once (``denied``,
 ``limit``) and no client hears of it; with ``proxy_protocol`` the OPEN
 carries the PROXY protocol header the client writes to the target first.
+
+Failover: a channel whose client is lost, or answers that it is draining,
+before the target answered is opened again, once, on another client of the
+tag, and what the user sent meanwhile (at most EARLY_DATA bytes, kept until
+the target answers) is sent again.  A client on which an open timed out is
+passed by for new channels until it answers a ping (``ClientSession``).
 """
 
 from twisted.internet.error import ConnectionDone
@@ -21,6 +27,7 @@ from twisted.logger import Logger
 
 from portmapper.protocol import frames
 from portmapper.protocol.connection import LinkUnavailable
+from portmapper.protocol.windows import EARLY_DATA
 from portmapper.server.proxyheader import header as proxy_header
 from portmapper.server.registry import (
     DENIED, LIMIT, NO_CLIENT, TARGET_CLOSED, TARGET_REFUSED, TIMEOUT, USER_CLOSED,
@@ -48,6 +55,9 @@ class PublicProtocol(ChannelEnd):
         self._reading_held = set()  # why the user's socket is not read: "link", "rate"
         self._credit_held = set()  # why the channel's credit is held back: "buffer", "rate"
         self._window_cap = None  # the most the channel's window may be while rate-limited
+        self._early = []  # what the user sent before the target answered, to replay; None: not kept
+        self._early_bytes = 0
+        self._failed_over = False  # opened again on another client already (only once)
 
     def connectionMade(self):
         super().connectionMade()
@@ -72,10 +82,10 @@ class PublicProtocol(ChannelEnd):
         """A policy of the mapping turns this user away at accept (``denied``, ``limit``)."""
         self.close(reason)
 
-    def _open(self):
-        """Ask a client of the mapping's tag to open the channel; ``no client`` if none can."""
+    def _open(self, exclude=None):
+        """Ask a client of the mapping's tag (not ``exclude``) to open the channel; ``no client`` if none can."""
         server, mapping, record = self.server, self.mapping, self.record
-        session = server.registry.pick_client(mapping.tag, mapping.balance)
+        session = server.registry.pick_client(mapping.tag, mapping.balance, exclude)
         if session is None:
             self.close(NO_CLIENT)
             return
@@ -92,8 +102,40 @@ class PublicProtocol(ChannelEnd):
         self.session = session
         record.client_id = session.client_id
         session.channels.add(record.channel_id)
-        self._open_timer = server.clock.callLater(
-            server.settings.open_timeout, self.close, TIMEOUT)
+        self._open_timer = server.clock.callLater(server.settings.open_timeout, self._openTimedOut)
+
+    def _openTimedOut(self):
+        self._open_timer = None
+        self.session.open_timed_out()  # passed by for new channels until it answers a ping
+        self.close(TIMEOUT)
+
+    def _failover(self):
+        """
+        The client went (or is draining) before the target answered: open the
+        channel again on another client of the tag, once, replaying what the
+        user sent so far.  False if it cannot be (already done, more early
+        data than was kept, no other client).
+        """
+        if self._failed_over or self._early is None:
+            return False
+        lost = self.session
+        if self.server.registry.pick_client(self.mapping.tag, self.mapping.balance, lost) is None:
+            return False
+        log.info("channel {channel_id}: client {client_id} went before the target answered;"
+                 " opening it on another client", channel_id=self.record.channel_id,
+                 client_id=lost.client_id)
+        self._failed_over = True
+        self._cancelOpenTimer()
+        lost.channels.discard(self.record.channel_id)
+        self.link = self.channel_id = None
+        self.releaseReading("link")  # the old link's credit is gone with it
+        self._open(exclude=lost)
+        if self.link is not None:
+            for chunk in self._early:
+                self.link.channelData(self.channel_id, chunk)
+            if self._read_eof:
+                self.link.channelEOF(self.channel_id)
+        return True
 
     def channelAdded(self):
         """A link carries the channel from now on: it learns what we hold back."""
@@ -117,9 +159,12 @@ class PublicProtocol(ChannelEnd):
     def opened(self):
         self._cancelOpenTimer()
         self.record.opened = True
+        self._early = None
 
     def openFailed(self, code, reason):
         self._cancelOpenTimer()
+        if code == frames.FAIL_DRAINING and self._failover():
+            return
         log.info("channel {channel_id} to {target}:{port} failed to open: {reason}",
                  channel_id=self.record.channel_id, target=self.mapping.target_ip,
                  port=self.mapping.target_port, reason=reason)
@@ -136,10 +181,22 @@ class PublicProtocol(ChannelEnd):
         super().peerReset(reason)
 
     def linkLost(self):
+        if not self.record.opened and self._failover():
+            return
         self.record.aborted(self.session.lost_reason())
         super().linkLost()
 
     # -- from the user's socket ------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._early is not None:  # kept until the target answers, for a failover
+            self._early_bytes += len(data)
+            if self._early_bytes <= EARLY_DATA:
+                self._early.append(data)
+            else:
+                self._early = None  # more than an opener may send: no replay
+        self.meter.recv_bytes += len(data)
+        self.link.channelData(self.channel_id, data)
 
     def readConnectionLost(self):
         self.record.ended(USER_CLOSED)

@@ -14,8 +14,8 @@ direction at their source and lets the windows hold what is in flight:
 
 A bucket may go into debt (a read is never cut), and the debt is paid
 before the direction resumes, so the rate over time is exact.  The
-direction resumes, all its channels at once, when the bucket is half full
-again: the timer fires then, not once per read.  Each channel reads at most
+direction resumes, all its channels at once, when the bucket is a quarter
+full again: the timer fires then, not once per read.  Each channel reads at most
 a small chunk per turn while limited, and a different channel is resumed
 first each time, so the channels share the rate.
 
@@ -29,8 +29,11 @@ from portmapper.server.meter import MB
 from portmapper.transport.tune import READ_SIZE
 
 #: The bucket holds this many seconds of the rate (at least MIN_BURST bytes).
-BURST_SECONDS = 0.05
+BURST_SECONDS = 0.1
 MIN_BURST = 64 * 1024
+#: A paused direction resumes when its bucket is this full again: the rest
+#: of the bucket takes the timer's lateness on a busy machine.
+RESUME_AT = 0.25
 #: While limited, a socket read takes at most this many seconds of the rate
 #: (between MIN_READ and READ_SIZE bytes), so no channel takes a turn's worth.
 READ_SECONDS = 0.005
@@ -63,8 +66,8 @@ class _Bucket:
         self.last = now
 
     def wait(self):
-        """Seconds until the bucket is half full again."""
-        return max(0.0, (self.burst / 2 - self.tokens) / self.rate)
+        """Seconds until the bucket is a quarter full again (its direction resumes then)."""
+        return max(0.0, (self.burst * RESUME_AT - self.tokens) / self.rate)
 
 
 class RateLimiter:
@@ -161,7 +164,7 @@ class RateLimiter:
             if not bucket.paused:
                 continue
             bucket.refill(now)
-            if bucket.tokens >= bucket.burst / 2 - 1:
+            if bucket.tokens >= bucket.burst * RESUME_AT - 1:
                 bucket.paused = False
                 for end in self._in_turn():
                     if bucket is self.recv:
