@@ -8,7 +8,9 @@ the users (``recv``) and, separately, the users receive from the backend
 (``send``).  Prints a table: the limit, what was measured each way, the
 error, and each way the smallest user's share of the mean (fairness).
 
-    python bench/rate_limit.py [--rates 1,5,20,50,100,200,500] [--seconds 3]
+    PYTHONPATH=src python bench/rate_limit.py [--rates 1,5,20,50,100,200,500] [--seconds 3]
+
+(``PYTHONPATH=src`` makes the twistd it starts run this checkout.)
 
 A rate the machine cannot carry at all (the unlimited path is slower)
 shows as under the limit: compare with ``--rates 0`` (0 = no limit).
@@ -59,6 +61,17 @@ def sink(conn, counter, stop):
         pass
 
 
+def echo(conn):
+    try:
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            conn.sendall(data)
+    except OSError:
+        pass
+
+
 def source(conn, stop):
     try:
         while not stop.is_set():
@@ -68,7 +81,8 @@ def source(conn, stop):
 
 
 class Backend:
-    """Accepts on 127.0.0.1: reads everything (mode "recv") or sends without end ("send")."""
+    """Accepts on 127.0.0.1: echoes (mode "echo", for the start-up probe), reads
+    everything ("recv") or sends without end ("send")."""
 
     def __init__(self):
         self.listener = socket.socket()
@@ -76,13 +90,15 @@ class Backend:
         self.listener.bind((peers.LOCALHOST, 0))
         self.listener.listen(64)
         self.port = self.listener.getsockname()[1]
-        self.mode, self.counter, self.stop = "recv", Counter(), threading.Event()
+        self.mode, self.counter, self.stop = "echo", Counter(), threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
         while True:
             conn, _ = self.listener.accept()
-            if self.mode == "recv":
+            if self.mode == "echo":
+                target = echo, (conn,)
+            elif self.mode == "recv":
                 target = sink, (conn, self.counter, self.stop)
             else:
                 target = source, (conn, self.stop)
@@ -130,8 +146,10 @@ def main(argv=None):
         print("|---|---|---|---|---|---|---|")
         for text in args.rates.split(","):
             rate = float(text)
-            peers.http_json("PATCH", "%s/port_mapper?port=%d&rate_limit=%s" % (
+            answer = peers.http_json("PATCH", "%s/port_mapper?port=%d&rate_limit=%s" % (
                 path.admin, public, text if rate else ""))
+            if answer.get("result") != "success":
+                raise SystemExit(f"PATCH rate_limit={text} failed: {answer}")
             cells = ["%g" % rate if rate else "none"]
             for direction in ("recv", "send"):
                 total, shares = measure(path.address, backend, direction, args.users,

@@ -158,15 +158,19 @@ def allow_list(text):
 
 # -- mapping policies ---------------------------------------------------------
 
-PROXY_PROTOCOLS = ("v1", "v2")
-PROXY_PROTOCOL_RULE = "v1 or v2"
+def _one_of(choices):
+    """A checker of text that must be one of ``choices``, and its rule ("a or b")."""
+    rule = " or ".join(choices)
+
+    def check(text):
+        if text not in choices:
+            raise ValueError(f"must be {rule}")
+        return text
+    return check, rule
 
 
-def proxy_protocol(text):
-    """``text`` as a PROXY protocol version: ``"v1"`` (text) or ``"v2"`` (binary)."""
-    if text not in PROXY_PROTOCOLS:
-        raise ValueError(f"must be {PROXY_PROTOCOL_RULE}")
-    return text
+#: A PROXY protocol version: ``"v1"`` (text) or ``"v2"`` (binary).
+proxy_protocol, PROXY_PROTOCOL_RULE = _one_of(("v1", "v2"))
 
 
 MAX_CHANNELS = 1_000_000
@@ -190,15 +194,8 @@ def rate(text):
     return float(text)
 
 
-BALANCES = ("round_robin", "least_channels")
-BALANCE_RULE = "round_robin or least_channels"
-
-
-def balance(text):
-    """``text`` as a way to pick a client: ``"round_robin"`` or ``"least_channels"``."""
-    if text not in BALANCES:
-        raise ValueError(f"must be {BALANCE_RULE}")
-    return text
+#: How a new channel picks its client: ``"round_robin"`` or ``"least_channels"``.
+balance, BALANCE_RULE = _one_of(("round_robin", "least_channels"))
 
 
 #: A mapping's optional policies: name -> (parse text, what it must be).

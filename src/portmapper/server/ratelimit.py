@@ -117,10 +117,9 @@ class RateLimiter:
 
         end.dataReceived, end.deliver = dataReceived, deliver
         end.capWindow(WINDOW_CAP)
-        if recv.paused:
-            end.holdReading("rate")
-        if send.paused:
-            end.holdCredit("rate", True)
+        for bucket in (recv, send):
+            if bucket.paused:
+                self._hold(bucket, end, True)
 
     def remove(self, end):
         """Stop limiting ``end``: it gets its own methods back and is released."""
@@ -151,10 +150,7 @@ class RateLimiter:
             return
         bucket.paused = True
         for end in self.ends:
-            if bucket is self.recv:
-                end.holdReading("rate")
-            else:
-                end.holdCredit("rate", True)
+            self._hold(bucket, end, True)
         self._reschedule()
 
     def _tick(self):
@@ -167,11 +163,15 @@ class RateLimiter:
             if bucket.tokens >= bucket.burst * RESUME_AT - 1:
                 bucket.paused = False
                 for end in self._in_turn():
-                    if bucket is self.recv:
-                        end.releaseReading("rate")
-                    else:
-                        end.holdCredit("rate", False)
+                    self._hold(bucket, end, False)
         self._reschedule()
+
+    def _hold(self, bucket, end, held):
+        """Hold (``held``) or release ``end`` in ``bucket``'s direction."""
+        if bucket is self.recv:
+            (end.holdReading if held else end.releaseReading)("rate")
+        else:
+            end.holdCredit("rate", held)
 
     def _in_turn(self):
         """The ends, each time starting with the next one."""
