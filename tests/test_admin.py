@@ -67,15 +67,26 @@ class FakeServer:
         credential.revoked = True
         return succeed(None)
 
-    def add_mapping(self, public_port, target_ip, target_port, tag):
+    def add_mapping(self, public_port, target_ip, target_port, tag, policies):
         self.calls.append(("add_mapping", public_port, target_ip, target_port, tag))
+        if policies:
+            self.calls.append(("policies", policies))
         if public_port in self.registry.mappings:
             return fail(errors.MappingExists(public_port))
         if public_port in self.unavailable:
             return fail(errors.PortUnavailable(public_port, self.unavailable[public_port]))
-        mapping = Mapping(public_port, target_ip, target_port, tag)
+        mapping = Mapping(public_port, target_ip, target_port, tag, **policies)
         self.registry.mappings[public_port] = mapping
         return self.pending_add or succeed(mapping)
+
+    def change_mapping(self, public_port, changes):
+        self.calls.append(("change_mapping", public_port, changes))
+        mapping = self.registry.mappings.get(public_port)
+        if mapping is None:
+            return fail(errors.UnknownMapping(public_port))
+        for name, value in changes.items():
+            setattr(mapping, name, value)
+        return succeed(mapping)
 
     def remove_mapping(self, public_port):
         self.calls.append(("remove_mapping", public_port))
@@ -630,7 +641,7 @@ class RoutingAndFaultTests(AdminTestCase):
         self.assertEqual(response.code, 405)
         self.assertEqual(response.headers.getRawHeaders("content-type"), ["application/json"])
         self.assertEqual(set(response.headers.getRawHeaders("allow")[0].split(", ")),
-                         {"GET", "HEAD", "POST", "DELETE"})
+                         {"GET", "HEAD", "POST", "PATCH", "DELETE"})
         body = self.successResultOf(treq.json_content(response))
         self.assertEqual(body["result"], "failed")
         self.assertIn("PUT", body["reason"])

@@ -88,7 +88,7 @@ class ConsoleRoutesTests(SynchronousTestCase):
         index = json.loads(body)
         endpoints = {e["path"]: e["methods"] for e in index["endpoints"]}
         self.assertEqual(index["dashboard"], "/")
-        self.assertEqual(endpoints["/port_mapper"], ["DELETE", "GET", "POST"])
+        self.assertEqual(endpoints["/port_mapper"], ["DELETE", "GET", "PATCH", "POST"])
         self.assertEqual(endpoints["/channel"], ["DELETE", "GET"])
         self.assertEqual(endpoints["/channel_history"], ["GET"])
         self.assertEqual(endpoints["/ui/<name>"], ["GET"])

@@ -651,3 +651,23 @@ class ProgramTests(TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json.loads(result.stdout)["result"], "success")
         self.assertIn(public, running.server.registry.mappings)
+
+
+class PolicyCommandTests(Live):
+    """map passes every policy; patch changes a mapping live."""
+
+    @inlineCallbacks
+    def test_map_and_patch(self):
+        """`map --balance` sets it; `patch` changes the target and policies, an empty value removes one."""
+        public = free_port()
+        yield self.ok("map", str(public), f"127.0.0.1:{self.target}", "--balance", "least_channels",
+                      "--max-channels", "3")
+        self.assertEqual(self.server.registry.mappings[public].balance, "least_channels")
+        out = yield self.ok("patch", str(public), "--target", "127.0.0.1:9", "--rate-limit", "5",
+                            "--max-channels", "")
+        self.assertEqual(out, f"Port {public} now maps to 127.0.0.1:9 through clients tagged default;"
+                              " rate_limit=5.0 balance=least_channels.\n")
+        mapping = self.server.registry.mappings[public]
+        self.assertEqual((mapping.target_port, mapping.max_channels, mapping.rate_limit), (9, None, 5.0))
+        err = yield self.failing("patch", str(free_port()), "--rate-limit", "5")
+        self.assertIn("No port mapper on port", err)

@@ -561,6 +561,7 @@ class SchemaTests(StoreCase):
         """A new database is created at the latest version, id_blocks seeded with 1."""
         store = yield self.open()
         yield store.stop()
+        self.assertEqual(schema.LATEST, 5)
         self.assertEqual(inspect(self.path),
                          ([(schema.LATEST,)], LATEST_TABLES, {"client_id": 1, "channel_id": 1}))
 

@@ -47,6 +47,7 @@ POLICIES = [
     ("proxy_protocol", "v1 or v2: send a PROXY protocol header to the target"),
     ("max_channels", "open channels allowed at once on the port"),
     ("rate_limit", "MB/s per direction for the whole mapping"),
+    ("balance", "round_robin (default) or least_channels: which client takes a channel"),
 ]
 
 # top: the screen is redrawn from its top-left corner, each line cleared to
@@ -237,6 +238,20 @@ def cmd_map(api, args, out):
     return d.addCallback(out.show, lambda _: (
         f"Port {args.port} now maps to {_address(ip, port)} through clients tagged "
         f"{args.tag or 'default'}."))
+
+
+def cmd_patch(api, args, out):
+    ip, port = args.target or (None, None)
+    policies = {name: getattr(args, name) for name, _ in POLICIES}
+    d = api.call("PATCH", "/port_mapper", port=args.port, mapper_ip=ip, mapper_port=port,
+                 mapper_tag=args.tag, **policies)
+
+    def render(answer):
+        mapping = answer["port_mapper"][str(args.port)]
+        policies = _policies(mapping)
+        return (f"Port {args.port} now maps to {_address(mapping['ip'], mapping['port'])} through"
+                f" clients tagged {mapping['tag']}{'; ' + policies if policies else ''}.")
+    return d.addCallback(out.show, render)
 
 
 def cmd_unmap(api, args, out):
@@ -457,6 +472,14 @@ def _add_commands(commands, common):
     p.add_argument("target", type=_target, metavar="IP:PORT",
                    help="target address as the client sees it ([::1]:80 for IPv6)")
     p.add_argument("--tag", help="clients that carry it (default: default)")
+    for name, help in POLICIES:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUE", help=help)
+
+    p = command("patch", cmd_patch, "Change a mapping live: its target, tag or policies"
+                " (an empty value removes a policy); open channels stay.")
+    p.add_argument("port", type=_port, help="public port on the server")
+    p.add_argument("--target", type=_target, metavar="IP:PORT", help="a new target")
+    p.add_argument("--tag", help="a new tag")
     for name, help in POLICIES:
         p.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUE", help=help)
 

@@ -1,9 +1,9 @@
 """
 The one home of the rules for values a user gives: tags, names, hosts,
-addresses, ports, port lists and network lists.
+addresses, ports, port lists, network lists and the policies of a port mapping.
 
-The client's config, the server's config, the admin API and the link's
-handshake all check these values with the functions here, so a value one of
+The client's config, the server's config, the admin API (mapping
+policies included) and the link's handshake all check these values with the functions here, so a value one of
 them accepts is a value every other one accepts too.  Each checker takes
 text and returns the value (normalised where that is said), or raises
 ``ValueError`` whose message is a short reason, ``"must be ..."``, without
@@ -155,3 +155,76 @@ def networks(text):
         except ValueError:
             raise ValueError(f"must be {NETWORKS_RULE}; {part!r} is not a network") from None
     return tuple(found)
+
+
+#: The most networks one allow-list may hold: it is checked at every accept.
+MAX_NETWORKS = 64
+
+
+def allow_list(text):
+    """``text`` as :func:`networks`, at most :data:`MAX_NETWORKS` of them."""
+    found = networks(text)
+    if len(found) > MAX_NETWORKS:
+        raise ValueError(f"must be at most {MAX_NETWORKS} networks, not {len(found)}")
+    return found
+
+
+# -- mapping policies ---------------------------------------------------------
+
+def _one_of(choices):
+    """A checker of text that must be one of ``choices``, and its rule ("a or b")."""
+    rule = " or ".join(choices)
+
+    def check(text):
+        if text not in choices:
+            raise ValueError(f"must be {rule}")
+        return text
+    return check, rule
+
+
+#: A PROXY protocol version: ``"v1"`` (text) or ``"v2"`` (binary).
+proxy_protocol, PROXY_PROTOCOL_RULE = _one_of(("v1", "v2"))
+
+
+MAX_CHANNELS = 1_000_000
+MAX_CHANNELS_RULE = f"an integer from 1 to {MAX_CHANNELS}"
+
+
+def max_channels(text):
+    """``text`` as a number of channels open at once: 1 to :data:`MAX_CHANNELS`."""
+    return integer(text, 1, MAX_CHANNELS)
+
+
+_DECIMAL = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")  # ASCII only, no sign, no exponent
+MAX_RATE = 100_000  # MB/s
+RATE_RULE = f"a number of MB/s above 0 and at most {MAX_RATE}, such as 5 or 0.5"
+
+
+def rate(text):
+    """``text`` as MB/s: a decimal number above 0 and at most :data:`MAX_RATE`."""
+    if _DECIMAL.fullmatch(text) is None or not 0 < float(text) <= MAX_RATE:
+        raise ValueError(f"must be {RATE_RULE}")
+    return float(text)
+
+
+#: How a new channel picks its client: ``"round_robin"`` or ``"least_channels"``.
+balance, BALANCE_RULE = _one_of(("round_robin", "least_channels"))
+
+
+#: A mapping's optional policies: name -> (parse text, what it must be).
+POLICIES = {
+    "allow": (allow_list, f"{NETWORKS_RULE}, at most {MAX_NETWORKS}"),
+    "proxy_protocol": (proxy_protocol, PROXY_PROTOCOL_RULE),
+    "max_channels": (max_channels, MAX_CHANNELS_RULE),
+    "rate_limit": (rate, RATE_RULE),
+    "balance": (balance, BALANCE_RULE),
+}
+
+
+def policy_text(name, value):
+    """A parsed policy ``value`` as the text :data:`POLICIES` parses back to it."""
+    if name == "allow":
+        return ",".join(str(n) for n in value)
+    if name == "rate_limit":
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)

@@ -716,6 +716,16 @@ class Connection:
         if not full and ch.window.pending and ch.state is not State.CLOSED:
             self._give_credit(ch)
 
+    def cap_window(self, channel_id, size):
+        """
+        Keep the channel's receive window at ``size`` bytes at most (None:
+        the link's maximum again), e.g. while a rate limit holds its credit,
+        so that every limited channel has as much in flight.
+        """
+        ch = self.channels.get(channel_id)
+        if ch is not None:
+            ch.window.cap(self.max_window if size is None else size)
+
     def link_full(self, full):
         """The link's own write buffer filled (True) or drained (False)."""
         self._link_full = full

@@ -50,10 +50,12 @@ def credit_batch(size):
 class LinkEstimate:
     """The link's round-trip time and bandwidth towards us, as measured so far."""
 
-    __slots__ = ("rtt", "_rate", "_old_rate", "_train_start", "_train_last", "_train_bytes")
+    __slots__ = ("rtt", "round_trips", "_rate", "_old_rate", "_train_start", "_train_last",
+                 "_train_bytes")
 
     def __init__(self):
         self.rtt = None  # seconds, smoothed; None until the first PONG
+        self.round_trips = 0  # PONGs measured so far: the peer answered a ping this many times
         # bandwidth (bytes/s): the fastest train seen in this keepalive
         # interval, and what earlier intervals measured (fading)
         self._rate = self._old_rate = 0.0
@@ -63,6 +65,7 @@ class LinkEstimate:
     def round_trip(self, sample):
         """A PONG came back ``sample`` seconds after its PING."""
         self.rtt = sample if self.rtt is None else 0.75 * self.rtt + 0.25 * sample
+        self.round_trips += 1
 
     def bandwidth(self):
         """Bytes/s towards us (0 when unknown)."""
@@ -172,6 +175,18 @@ class ReceiveWindow:
         grow = self.grow(now)
         self.allowed += grow
         return grow
+
+    def cap(self, size):
+        """
+        Let the window grow to ``size`` at most (never below its initial
+        size) from now on; a larger one shrinks to it as its credit comes back.
+        """
+        size = max(self.initial, size)
+        self.max_size = size
+        if self.size > size:
+            self.debt += self.size - size
+            self.size = size
+            self.batch = credit_batch(size)
 
     def idle(self):
         """

@@ -63,6 +63,23 @@ TAG = (validate.tag, validate.TAG_RULE)
 NAME = (validate.name, validate.NAME_RULE)
 
 
+def _policies(request, empty_removes):
+    """
+    The mapping policies the query gives: name -> value.  An empty value
+    (``allow=``) is None, "remove it", with ``empty_removes``; else it is as
+    if it were not given.
+    """
+    found = {}
+    for name, kind in validate.POLICIES.items():
+        values = request.args.get(name.encode("ascii"))
+        if values and not values[0]:
+            if empty_removes:
+                found[name] = None
+        elif values:
+            found[name] = _param(request, name, kind)
+    return found
+
+
 def _param(request, name, kind, default=_REQUIRED):
     """Query parameter ``name`` parsed as ``kind``; BadParameter naming it if missing or bad."""
     parse, what = kind
@@ -140,6 +157,11 @@ def _page(rows, limit, key):
     more = len(rows) > limit
     del rows[limit:]
     return {"history": rows, "next_before": rows[-1][key] if more else None}
+
+
+def _mapping_answer(mapping):
+    """What a write of a mapping answers: success, and the mapping as it is now."""
+    return {**SUCCESS, "port_mapper": {str(mapping.public_port): mapping.as_json()}}
 
 
 def _json(route):
@@ -263,8 +285,23 @@ class AdminAPI:
         target_ip = _param(request, "mapper_ip", HOST)
         target_port = _param(request, "mapper_port", PORT)
         tag = _param(request, "mapper_tag", TAG, default="default")
-        d = maybeDeferred(self._server.add_mapping, port, target_ip, target_port, tag)
-        return d.addCallback(lambda mapping: {**SUCCESS, "port_mapper": {str(port): mapping.as_json()}})
+        policies = _policies(request, empty_removes=False)
+        d = maybeDeferred(self._server.add_mapping, port, target_ip, target_port, tag, policies)
+        return d.addCallback(_mapping_answer)
+
+    @app.route("/port_mapper", methods=["PATCH"])
+    @_json
+    def patch_port_mapper(self, request):
+        port = _param(request, "port", PORT)
+        changes = _policies(request, empty_removes=True)
+        for name, attribute, kind in (("mapper_ip", "target_ip", HOST),
+                                      ("mapper_port", "target_port", PORT),
+                                      ("mapper_tag", "tag", TAG)):
+            value = _param(request, name, kind, default=None)
+            if value is not None:
+                changes[attribute] = value
+        d = maybeDeferred(self._server.change_mapping, port, changes)
+        return d.addCallback(_mapping_answer)
 
     @app.route("/port_mapper", methods=["DELETE"])
     @_json

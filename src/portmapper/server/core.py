@@ -31,6 +31,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from portmapper import validate
 from portmapper.errors import (
     MappingExists, PortUnavailable, UnknownChannel, UnknownClient, UnknownCredential, UnknownMapping,
 )
@@ -41,6 +42,7 @@ from portmapper.server.metrics import ServerMetrics
 from portmapper.server.webhooks import CLIENT_LINKED, CLIENT_LOST, Webhooks
 from portmapper.server.public import PublicFactory
 from portmapper.server.refusals import Refusals
+from portmapper.server.ratelimit import RateLimiter
 from portmapper.server.registry import (
     CLOSED, CLOSED_BY_ADMIN, CREDENTIAL_REVOKED, DRAINING, MAPPING_DELETED, NO_CLIENT,
     PROTOCOL_ERROR, SERVER_LOST, SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Credential, IdBlocks,
@@ -52,6 +54,18 @@ log = Logger()
 
 PUBLIC_BACKLOG = 1024
 _WORTH_LOGGING = {NO_CLIENT, TARGET_REFUSED, TIMEOUT, PROTOCOL_ERROR}
+
+
+def _parse_stored(public_port, texts):
+    """Stored policy texts as values; one the rules no longer take is logged and left out."""
+    policies = {}
+    for name, text in texts.items():
+        try:
+            policies[name] = validate.POLICIES[name][0](text)
+        except (KeyError, ValueError) as e:
+            log.error("stored policy {name}={text!r} of port {port} is ignored: {why}",
+                      name=name, text=text, port=public_port, why=e)
+    return policies
 
 
 @implementer(IPortMapperServer, ILinkServer)
@@ -97,8 +111,11 @@ class PortMapperServer(Service):
         self.registry.use_ids(*ids)
         for row in (yield self.store.load_credentials()):
             self.registry.add_credential(Credential(**row))
+        policies = yield self.store.load_policies()
         for public_port, target_ip, target_port, tag in (yield self.store.load_mappings()):
-            yield self._restore(Mapping(public_port, target_ip, target_port, tag))
+            mapping = Mapping(public_port, target_ip, target_port, tag)
+            self._update(mapping, _parse_stored(public_port, policies.get(public_port, {})))
+            yield self._restore(mapping)
 
     @inlineCallbacks
     def _restore(self, mapping):
@@ -181,9 +198,34 @@ class PortMapperServer(Service):
 
         return d.addErrback(cannot)
 
+    def _update(self, mapping, values):
+        """Set the mapping's target, tag or policies: ``values`` maps a name
+        to its value (None removes a policy)."""
+        for name, value in values.items():
+            setattr(mapping, name, value)
+        self._limit(mapping)
+
+    def _limit(self, mapping):
+        """Give the mapping the rate limiter its ``rate_limit`` asks for (its open channels too)."""
+        if mapping.rate_limit is None:
+            if mapping.limiter is not None:
+                mapping.limiter.stop()
+                mapping.limiter = None
+        elif mapping.limiter is None:
+            mapping.limiter = RateLimiter(self.clock, mapping.rate_limit)
+            for user in mapping.users:
+                mapping.limiter.add(user)
+        else:
+            mapping.limiter.set_rate(mapping.rate_limit)
+
+    def _save(self, mapping):
+        return self.store.save_mapping(mapping.public_port, mapping.target_ip, mapping.target_port,
+                                       mapping.tag, mapping.policy_texts())
+
     @inlineCallbacks
-    def add_mapping(self, public_port, target_ip, target_port, tag="default"):
-        """Listen on ``public_port`` and persist the mapping; fires with it."""
+    def add_mapping(self, public_port, target_ip, target_port, tag="default", policies=None):
+        """Listen on ``public_port`` and persist the mapping, with its
+        ``policies`` (name -> value); fires with it."""
         if public_port in self.registry.mappings or public_port in self._creating:
             raise MappingExists(public_port)
         if public_port == self.client_port:
@@ -191,11 +233,12 @@ class PortMapperServer(Service):
         if self.admin_address is not None and public_port == getattr(self.admin_address, "port", None):
             raise PortUnavailable(public_port, "it is this server's admin API port")
         mapping = Mapping(public_port, target_ip, target_port, tag)
+        self._update(mapping, policies or {})
         self._creating.add(public_port)
         try:
             mapping.listening = yield self._listen(mapping)
             try:
-                yield self.store.save_mapping(public_port, target_ip, target_port, tag)
+                yield self._save(mapping)
             except Exception:
                 yield mapping.listening.stopListening()
                 raise
@@ -203,7 +246,30 @@ class PortMapperServer(Service):
             self._creating.discard(public_port)
         self.registry.mappings[public_port] = mapping
         log.info("port mapper created: port {port} -> {ip}:{target_port} (tag {tag})",
-                 port=public_port, ip=target_ip, target_port=target_port, tag=tag)
+                 port=public_port, ip=target_ip, target_port=target_port, tag=tag,
+                 policies=mapping.policy_texts())
+        return mapping
+
+    @inlineCallbacks
+    def change_mapping(self, public_port, changes):
+        """
+        Change the mapping of ``public_port`` live: ``changes`` maps
+        ``target_ip``, ``target_port``, ``tag`` or a policy's name to its new
+        value (None removes a policy).  Open channels stay; new ones follow
+        the change.  Persists it; fires with the mapping.
+        """
+        mapping = self.registry.mappings.get(public_port)
+        if mapping is None:
+            raise UnknownMapping(public_port)
+        before = {name: getattr(mapping, name) for name in changes}
+        self._update(mapping, changes)
+        try:
+            yield self._save(mapping)
+        except Exception:
+            self._update(mapping, before)
+            raise
+        log.info("port mapper changed: port {port} is now {mapping}", port=public_port,
+                 mapping=mapping.as_json())
         return mapping
 
     @inlineCallbacks
@@ -214,6 +280,8 @@ class PortMapperServer(Service):
             raise UnknownMapping(public_port)
         for channel in self.registry.channels_on_port(public_port):
             channel.user.close(MAPPING_DELETED)
+        if mapping.limiter is not None:
+            mapping.limiter.stop()
         if mapping.listening is not None:
             yield mapping.listening.stopListening()
         yield self.store.delete_mapping(public_port)

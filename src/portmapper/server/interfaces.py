@@ -32,12 +32,21 @@ class IPortMapperServer(Interface):
 
     # -- operations: each fails with a PortMapperError the API turns into a status --
 
-    def add_mapping(public_port, target_ip, target_port, tag):
+    def add_mapping(public_port, target_ip, target_port, tag, policies):
         """
         Listen on ``public_port`` for ``target_ip:target_port`` over a client
-        tagged ``tag`` and store the mapping.  Returns (or a Deferred fires
-        with) the new Mapping once it listens; fails with MappingExists or
-        PortUnavailable.
+        tagged ``tag`` and store the mapping with its ``policies`` (a dict,
+        name -> value as :data:`portmapper.validate.POLICIES` parses it).
+        Returns (or a Deferred fires with) the new Mapping once it listens;
+        fails with MappingExists or PortUnavailable.
+        """
+
+    def change_mapping(public_port, changes):
+        """
+        Change the mapping of ``public_port`` live (``changes``: ``target_ip``,
+        ``target_port``, ``tag`` or a policy's name -> the new value, None
+        removing a policy) and store it.  Returns (or a Deferred fires with)
+        the Mapping; fails with UnknownMapping.
         """
 
     def remove_mapping(public_port):

@@ -50,6 +50,18 @@ _CLOSED = {"init_time": TIME, "close_time": TIME, "duration_time": COUNT, **_TOT
            "close_reason": {"type": "string"}}
 
 
+# A mapping's policies, shown only when set (docs/api.rst, "Mapping policies").
+_POLICY_FIELDS = {
+    "allow": {"type": "string", "description": "Comma-separated networks of the users allowed."},
+    "proxy_protocol": {"enum": ["v1", "v2"]},
+    "max_channels": {"type": "integer", "minimum": 1},
+    "rate_limit": {"type": "number", "exclusiveMinimum": 0, "description": "MB/s each way."},
+    "balance": {"enum": ["round_robin", "least_channels"]},
+}
+_POLICY_PARAMS = [(name, {"type": "string", "description": "A mapping policy; see docs/api.rst."})
+                  for name in _POLICY_FIELDS]
+
+
 def _history(row, key):
     return _object({"history": {"type": "array", "items": ref(row)},
                     "next_before": {"type": ["integer", "null"],
@@ -59,7 +71,8 @@ def _history(row, key):
 SCHEMAS = {
     "Success": _object({"result": {"const": "success"}}),
     "Failure": _object({"result": {"const": "failed"}, "reason": {"type": "string"}}),
-    "Mapping": _object({"ip": HOST, "port": PORT, "tag": TAG}),
+    "Mapping": _object({"ip": HOST, "port": PORT, "tag": TAG, **_POLICY_FIELDS},
+                       required=("ip", "port", "tag")),
     "Mappings": _keyed(ref("Mapping")),
     "Created": _object({"result": {"const": "success"}, "port_mapper": ref("Mappings")}),
     "Client": _object({"ip": {"type": "string"}, "port": PORT, "tag": TAG,
@@ -163,8 +176,14 @@ OPERATIONS = {
     ("POST", "/port_mapper"): operation(
         "Map a public port to a target that a client with the tag can reach; listens at once.",
         params=[("port", PORT), ("mapper_ip", HOST), ("mapper_port", PORT),
-                ("mapper_tag", {**TAG, "default": "default"})],
+                ("mapper_tag", {**TAG, "default": "default"}), *_POLICY_PARAMS],
         required=("port", "mapper_ip", "mapper_port"), ok=ref("Created"), errors=(400, 401, 409, 500)),
+    ("PATCH", "/port_mapper"): operation(
+        "Change a mapping's target, tag or policies live (an empty value removes a policy);"
+        " open channels stay.",
+        params=[("port", PORT), ("mapper_ip", HOST), ("mapper_port", PORT), ("mapper_tag", TAG),
+                *_POLICY_PARAMS],
+        required=("port",), ok=ref("Created"), errors=(400, 401, 404, 409, 500)),
     ("DELETE", "/port_mapper"): removal(
         "Stop listening on a public port, close its channels, forget the mapping.", "port", PORT),
     ("GET", "/client_connection"): operation(

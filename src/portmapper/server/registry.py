@@ -9,11 +9,13 @@ never reused: numbered from 1 in memory until the server gives it
 server that dies and starts again never shows an id twice.
 """
 
+import ipaddress
 import itertools
 
 import attr
 from twisted.logger import Logger
 
+from portmapper import validate
 from portmapper.server.meter import Meter
 
 log = Logger()
@@ -52,19 +54,57 @@ SERVER_STOPPED = "server stopped"
 SERVER_LOST = "server lost"
 
 
+#: A mapping's policies (``validate.POLICIES`` parses them), each None when not set.
+POLICY_NAMES = tuple(validate.POLICIES)
+
+
 @attr.s(slots=True, eq=False)
 class Mapping:
     """Public port ``public_port`` is carried to ``target_ip:target_port``
-    by a client tagged ``tag``."""
+    by a client tagged ``tag``, under the policies that are set (not None):
+    ``allow`` (ip_networks), ``proxy_protocol`` ("v1", "v2"),
+    ``max_channels``, ``rate_limit`` (MB/s) and ``balance``."""
 
     public_port = attr.ib()
     target_ip = attr.ib()
     target_port = attr.ib()
     tag = attr.ib(default="default")
+    allow = attr.ib(default=None)
+    proxy_protocol = attr.ib(default=None)
+    max_channels = attr.ib(default=None)
+    rate_limit = attr.ib(default=None)
+    balance = attr.ib(default=None)
     listening = attr.ib(default=None, repr=False)  # IListeningPort once bound
+    users = attr.ib(factory=set, repr=False)  # the PublicProtocols of its open channels
+    limiter = attr.ib(default=None, repr=False)  # the RateLimiter while rate_limit is set
+
+    def policies(self):
+        """The policies that are set: name -> value."""
+        return {name: getattr(self, name) for name in POLICY_NAMES
+                if getattr(self, name) is not None}
+
+    def policy_texts(self):
+        """The policies that are set, as the text the API takes: name -> text."""
+        return {name: validate.policy_text(name, value) for name, value in self.policies().items()}
 
     def as_json(self):
-        return {"ip": self.target_ip, "port": self.target_port, "tag": self.tag}
+        shown = {"ip": self.target_ip, "port": self.target_port, "tag": self.tag}
+        for name, value in self.policies().items():
+            shown[name] = value if name in ("max_channels", "rate_limit") \
+                else validate.policy_text(name, value)
+        return shown
+
+    def allows(self, ip):
+        """Whether a user at ``ip`` (text) may use this mapping."""
+        if self.allow is None:
+            return True
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allow)
 
 
 @attr.s(slots=True, eq=False)
@@ -81,10 +121,24 @@ class ClientSession:
     channels = attr.ib(factory=set, repr=False)  # channel ids carried
     close_reason = attr.ib(default=None)  # decided before the link goes: the first wins
     credential_id = attr.ib(default=None)  # the credential it linked with; None: the shared token
+    stalled = attr.ib(default=None)  # round trips measured when an open timed out on it
 
     @property
     def init_time(self):
         return self.meter.created
+
+    def open_timed_out(self):
+        """An open timed out on this client: pass it by until it answers a ping again."""
+        self.stalled = self._round_trips()
+
+    def answering(self):
+        """False from an open timing out on this client until its link next measures a round trip."""
+        if self.stalled is not None and self._round_trips() != self.stalled:
+            self.stalled = None
+        return self.stalled is None
+
+    def _round_trips(self):
+        return self.link.connection.estimate.round_trips
 
     def closing(self, reason):
         """The link is ending because of ``reason`` (the first reason given wins)."""
@@ -296,11 +350,21 @@ class Registry:
         """The credential (revoked or not) whose public key this is; or None."""
         return self._credential_keys.get(public_key)
 
-    def pick_client(self, tag):
-        """A WORKING (not draining) client with ``tag``, round-robin among them; or None."""
-        candidates = [c for c in self.clients.values() if c.tag == tag and c.state == WORKING]
+    def pick_client(self, tag, balance=None, exclude=None):
+        """
+        A WORKING (not draining) client with ``tag``, not ``exclude``; or
+        None.  Clients whose opens timed out (not ``answering()``) are passed
+        by while another can take the channel.  Round-robin among them, or
+        the one carrying the fewest channels if ``balance`` is
+        ``"least_channels"``.
+        """
+        candidates = [c for c in self.clients.values()
+                      if c.tag == tag and c.state == WORKING and c is not exclude]
+        candidates = [c for c in candidates if c.answering()] or candidates
         if not candidates:
             return None
+        if balance == "least_channels":
+            return min(candidates, key=lambda c: len(c.channels))
         n = self._round_robin.get(tag, 0)
         self._round_robin[tag] = n + 1
         return candidates[n % len(candidates)]

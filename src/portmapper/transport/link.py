@@ -397,6 +397,10 @@ class LinkProtocol(Protocol):
             self.connection.reset_channel(channel_id, reason)
             self._apply()
 
+    def channelWindowCap(self, channel_id, size):
+        """Keep the channel's receive window at ``size`` bytes at most (None: no cap)."""
+        self.connection.cap_window(channel_id, size)
+
     def channelFull(self, channel_id, full):
         self.connection.local_full(channel_id, full)
         if not full:

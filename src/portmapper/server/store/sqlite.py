@@ -65,6 +65,7 @@ refused connections.  Such rows are pruned within a tenth of
 refusals cannot push real history out.
 """
 
+import json
 import os
 import sqlite3
 
@@ -245,10 +246,22 @@ class Store:
         """Fire with ``[(public_port, target_ip, target_port, tag), ...]`` by port."""
         return self._defer(self._load_mappings)
 
-    def save_mapping(self, public_port, target_ip, target_port, tag):
-        """Insert or replace the mapping of ``public_port``."""
-        return self._defer(self._execute, "INSERT OR REPLACE INTO mappings VALUES (?, ?, ?, ?)",
-                           (public_port, target_ip, target_port, tag))
+    def save_mapping(self, public_port, target_ip, target_port, tag, policies=None):
+        """Insert or replace the mapping of ``public_port``, with its ``policies``
+        (a dict of name -> text, as the admin API takes them)."""
+        return self._defer(
+            self._execute,
+            "INSERT OR REPLACE INTO mappings (public_port, target_ip, target_port, tag, policies)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (public_port, target_ip, target_port, tag, json.dumps(policies or {}, sort_keys=True)))
+
+    def load_policies(self):
+        """Fire with ``{public_port: {name: text}}`` for the mappings that have policies."""
+        return self._defer(self._load_policies)
+
+    def _load_policies(self):
+        rows = self._conn.execute("SELECT public_port, policies FROM mappings WHERE policies != '{}'")
+        return {port: json.loads(text) for port, text in rows}
 
     def delete_mapping(self, public_port):
         """Forget the mapping of ``public_port`` (nothing if there is none)."""

@@ -30,7 +30,7 @@ raise :data:`LATEST`.
 from importlib.resources import files
 
 #: The version this code creates, and the newest it can use.
-LATEST = 4
+LATEST = 5
 
 #: The tables of version 1: with them and no ``schema_version``, a database
 #: was made by the first release.
