@@ -32,10 +32,10 @@ from portmapper.server.registry import (
     SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Mapping, Registry,
 )
 from portmapper.transport.endpoints import tcp_server_endpoint
+from portmapper.transport.tune import LISTEN_BACKLOG
 
 log = Logger()
 
-PUBLIC_BACKLOG = 1024
 _WORTH_LOGGING = {NO_CLIENT, TARGET_REFUSED, TIMEOUT, PROTOCOL_ERROR}
 
 
@@ -140,7 +140,7 @@ class PortMapperServer(Service):
 
     def _listen(self, mapping):
         endpoint = tcp_server_endpoint(self.reactor, mapping.public_port,
-                                       self.settings.public_interface, PUBLIC_BACKLOG)
+                                       self.settings.public_interface, LISTEN_BACKLOG)
         d = endpoint.listen(PublicFactory(self, mapping))
 
         def cannot(failure):

@@ -38,7 +38,7 @@ from portmapper.server.meter import Sampler
 from portmapper.server.services import AdminSite, InOrder, Listener, StoreService
 from portmapper.server.store import Store
 from portmapper.startup import exit_when_failed
-from portmapper.transport.endpoints import link_server_endpoint
+from portmapper.transport.endpoints import link_server_endpoint, server_endpoint
 
 log = Logger()
 
@@ -96,7 +96,7 @@ def build(settings, reactor):
         ("server", server),
         ("client-port", Listener(link_server_endpoint(reactor, settings.client_port),
                                  ServerLinkFactory(server), server.clientPortListening)),
-        ("admin", Listener(serverFromString(reactor, settings.admin), site, server.adminListening)),
+        ("admin", Listener(server_endpoint(reactor, settings.admin), site, server.adminListening)),
         ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval)),
     ]:
         child.setName(name)
