@@ -240,6 +240,17 @@ class PortMapperServer(Service):
             log.info("channel {channel_id} on port {port} closed: {reason}",
                      channel_id=record.channel_id, port=record.public_port, reason=reason)
 
+    def sweep(self, now):
+        """
+        Close the open channels past ``--half-close-timeout`` or
+        ``--idle-timeout`` (the sampler calls this once per tick), at both
+        ends: history records ``timeout`` or ``idle timeout``.
+        """
+        s = self.settings
+        for channel, reason in self.registry.expired_channels(
+                now, s.half_close_timeout, s.idle_timeout):
+            channel.user.close(reason)
+
     def kick_client(self, client_id):
         session = self.registry.clients.get(client_id)
         if session is None:

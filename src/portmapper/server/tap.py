@@ -17,7 +17,8 @@ and stop in the reverse one:
     answers only once the stored mappings listen again and the client port
     is known;
 ``sampler``
-    the once-a-second traffic sampler.
+    the once-a-second traffic sampler, which also has the server close the
+    channels past their half-close or idle timeout.
 
 Stopping thus stops the admin API and the client port, then the public
 ports, closes every channel and link, and closes the store last.
@@ -97,7 +98,8 @@ def build(settings, reactor):
         ("client-port", Listener(link_server_endpoint(reactor, settings.client_port),
                                  ServerLinkFactory(server), server.clientPortListening)),
         ("admin", Listener(server_endpoint(reactor, settings.admin), site, server.adminListening)),
-        ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval)),
+        ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval,
+                            sweep=server.sweep)),
     ]:
         child.setName(name)
         child.setServiceParent(service)

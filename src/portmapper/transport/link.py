@@ -25,7 +25,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from portmapper.protocol import connection as core
 from portmapper.transport.directwrite import direct_writers
-from portmapper.transport.tune import tune_transport
+from portmapper.transport.tune import keep_alive, tune_transport
 
 log = Logger()
 
@@ -423,6 +423,7 @@ class ChannelEnd(Protocol):
 
     def connectionMade(self):
         tune_transport(self.transport)
+        keep_alive(self.transport)
         self._write = direct_writers(self.transport)[0]
         if self.meter is None:
             self.meter = core.ByteCounter()
