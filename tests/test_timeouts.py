@@ -1,9 +1,16 @@
 """
-Tests of the channel timeouts (``--half-close-timeout``, ``--idle-timeout``)
-on a clock: the registry's sweep rule (:meth:`Channel.expire`), the sampler
-that runs the sweep each tick, and the server closing expired channels at
-both ends with the reason history records (on the in-memory links of
-``tests/test_public.py``); and TCP keepalive on channel sockets.
+Tests of the timeouts that end what would otherwise never close, on a clock.
+
+Channels (``--half-close-timeout``, ``--idle-timeout``): the registry's
+sweep rule (:meth:`Channel.expire`), the sampler that runs the sweep each
+tick, and the server closing expired channels at both ends with the reason
+history records (on the in-memory links of ``tests/test_public.py``); and
+TCP keepalive on channel sockets.
+
+Links: a link whose peer pings but never reads, so that its write buffer
+stays full with nothing taken, is dropped after ``ping_timeout`` (the core's
+rule, and the adapter that watches its transport's queue); a slow but moving
+one stays.
 """
 
 import socket
@@ -15,11 +22,20 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from portmapper.protocol import frames
+from portmapper.protocol.connection import PING_INTERVAL, PING_TIMEOUT, CloseLink
+from portmapper.protocol.frames import GOAWAY
 from portmapper.server.meter import Meter, Sampler
 from portmapper.server.registry import (
     IDLE_TIMEOUT, TARGET_CLOSED, TIMEOUT, USER_CLOSED, Channel, Registry,
 )
+from portmapper.transport import link as link_module
 from portmapper.transport import tune
+from tests.linkhelp import written as sent
+from tests.test_connection import T0, events, pair, receive
+from tests.test_link import PING_INTERVAL as LINK_PING_INTERVAL
+from tests.test_link import PING_TIMEOUT as LINK_PING_TIMEOUT
+from tests.test_link import LinkTestCase, serverLink
 from tests.test_public import PublicTestCase
 
 HALF_CLOSE = 60.0
@@ -237,3 +253,108 @@ class KeepAliveTests(SynchronousTestCase):
     def test_otherTransportsLeftAlone(self):
         """A transport without a socket (StringTransport) is not harmed."""
         tune.keep_alive(StringTransport())
+
+
+# -- a link whose peer pings but does not read (the link's stall timeout) -------
+
+PING = frames.encode(frames.PING, 0, b"\0" * 8)
+
+
+class StalledLinkCoreTests(SynchronousTestCase):
+    """The core drops a link whose full write buffer takes nothing for ping_timeout."""
+
+    def setUp(self):
+        self.server, _ = pair()
+        self.now = T0
+
+    def intervals(self, count, moving=False):
+        """``count`` keepalive ticks, the peer pinging before each (never silent)."""
+        for _ in range(count):
+            self.now += PING_INTERVAL
+            receive(self.server, PING, now=self.now)
+            if moving:
+                self.server.link_moving()
+            self.server.tick(self.now)
+
+    def closeEvents(self):
+        return [e for e in events(self.server) if isinstance(e, CloseLink)]
+
+    def test_fullAndUnmovedDropped(self):
+        """Full with no byte taken: the tick after ping_timeout of whole intervals aborts, no GOAWAY."""
+        self.server.link_full(True)
+        whole = int(PING_TIMEOUT / PING_INTERVAL)
+        self.intervals(whole)  # the first interval saw the buffer fill: it counts as moving
+        self.assertEqual(self.closeEvents(), [])
+        self.intervals(1)
+        reason = f"it took nothing we sent for {PING_TIMEOUT:g} seconds"
+        self.assertEqual(self.closeEvents(), [CloseLink(reason, True, True)])
+        self.assertNotIn(GOAWAY, [f[0] for f in sent(self.server)])
+        self.assertFalse(self.server.protocol_error)
+
+    def test_slowButMovingKept(self):
+        """Full the whole time, but the socket takes some bytes every interval: kept."""
+        self.server.link_full(True)
+        self.intervals(10 * int(PING_TIMEOUT / PING_INTERVAL), moving=True)
+        self.assertEqual(self.closeEvents(), [])
+
+    def test_drainingNowAndThenKept(self):
+        """A buffer that drains now and then, however briefly, starts the count afresh."""
+        for _ in range(10):
+            self.server.link_full(True)
+            self.intervals(int(PING_TIMEOUT / PING_INTERVAL))
+            self.server.link_full(False)
+        self.assertEqual(self.closeEvents(), [])
+
+    def test_notFullNeverStalled(self):
+        """A link whose buffer is not full is never dropped for taking nothing."""
+        self.intervals(10 * int(PING_TIMEOUT / PING_INTERVAL))
+        self.assertEqual(self.closeEvents(), [])
+
+
+class StalledLinkAdapterTests(LinkTestCase):
+    """The adapter looks at its transport's queue at each tick while paused and tells the core."""
+
+    def setUp(self):
+        super().setUp()
+        self.queued = 500_000
+        self.patch(link_module, "queued_bytes", lambda transport: self.queued)
+        self.link = serverLink(self.clock, self.calls)
+
+    def advance(self, intervals, drain=0):
+        """Advance ``intervals`` ping intervals, the peer pinging; the socket takes ``drain`` each."""
+        for _ in range(intervals):
+            self.link.dataReceived(PING)
+            if drain:
+                self.queued -= drain
+            self.clock.advance(LINK_PING_INTERVAL)
+
+    def test_pausedWithoutProgressAborted(self):
+        """Paused, queue never shrinking: aborted within ping_timeout + one interval; owner told."""
+        self.link.pauseProducing()
+        self.advance(int(LINK_PING_TIMEOUT / LINK_PING_INTERVAL))
+        self.assertNotIn("abortConnection", self.link.transport.calls)
+        self.advance(1)
+        self.assertEqual(self.link.transport.calls[-1], "abortConnection")
+        reason = f"it took nothing we sent for {LINK_PING_TIMEOUT:g} seconds"
+        self.assertEqual(self.callsOf("owner")[0], ("linkClosing", self.link, reason, False))
+
+    def test_pausedButDrainingKept(self):
+        """Paused the whole time, but the queue shrinks between ticks: kept."""
+        self.link.pauseProducing()
+        self.advance(10 * int(LINK_PING_TIMEOUT / LINK_PING_INTERVAL), drain=1)
+        self.assertNotIn("abortConnection", self.link.transport.calls)
+
+    def test_resumedNowAndThenKept(self):
+        """A transport that resumes us now and then (its buffer drained) keeps the link."""
+        for _ in range(10):
+            self.link.pauseProducing()
+            self.advance(int(LINK_PING_TIMEOUT / LINK_PING_INTERVAL))
+            self.link.resumeProducing()
+        self.assertNotIn("abortConnection", self.link.transport.calls)
+
+    def test_unknownQueueNeverDropped(self):
+        """A transport whose queue cannot be read is never dropped on a guess."""
+        self.queued = None
+        self.link.pauseProducing()
+        self.advance(10 * int(LINK_PING_TIMEOUT / LINK_PING_INTERVAL))
+        self.assertNotIn("abortConnection", self.link.transport.calls)

@@ -20,12 +20,29 @@ own methods.
 This reads a few of Twisted's attributes (``socket``, ``dataBuffer``,
 ``offset``, ``_tempDataLen``, ``_writeDisconnecting``, ``TLS``), checked once
 per transport; a Twisted without them gets the ordinary path.
+
+``queued_bytes(transport)`` reads the same queue to tell how many written
+bytes the socket has not taken yet: the link watches it to tell a slow
+reader from one that reads nothing.
 """
 
 from twisted.internet import tcp
 
 _NEEDED = ("socket", "dataBuffer", "offset", "_tempDataLen", "_writeDisconnecting",
            "disconnecting", "connected")
+_QUEUE = ("dataBuffer", "offset", "_tempDataLen")
+
+
+def queued_bytes(transport):
+    """
+    Bytes written to ``transport`` that its socket has not taken yet, or None
+    where that cannot be told.  For our TLS transport, the TCP transport it
+    writes to is looked at.
+    """
+    for t in (transport, getattr(transport, "transport", None)):
+        if isinstance(t, tcp.Connection) and all(hasattr(t, name) for name in _QUEUE):
+            return len(t.dataBuffer) - t.offset + t._tempDataLen
+    return None
 
 
 def direct_writers(transport):
