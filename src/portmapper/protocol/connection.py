@@ -763,8 +763,9 @@ class Connection:
 
     def link_full(self, full):
         """The link's own write buffer filled (True) or drained (False)."""
+        if full != self._link_full:  # Twisted says "full" again at each write while it is
+            self._link_moved = True  # a change counts as movement for the tick under way
         self._link_full = full
-        self._link_moved = True  # a change counts as movement for the tick under way
         if full:
             return
         self._control_backlog = 0

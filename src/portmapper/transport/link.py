@@ -173,8 +173,10 @@ class LinkProtocol(Protocol):
 
     # IPushProducer for our own transport: its write buffer filled or drained.
     def pauseProducing(self):
-        self._full = True
-        self._queued = queued_bytes(self.transport)
+        # Twisted calls this again at each write while the buffer is full.
+        if not self._full:
+            self._full = True
+            self._queued = queued_bytes(self.transport)
         self.connection.link_full(True)
 
     def resumeProducing(self):
