@@ -228,12 +228,16 @@ class RawClient:
             self.sock.close()
 
 
-def upload(port, size, results):
-    """A user sending ``size`` bytes to its target; appends how it ended to ``results``."""
+def upload(port, size, results, until_end=False):
+    """
+    A user sending ``size`` bytes to its target (then, ``until_end``, waiting
+    for its connection to end); appends "cut" to ``results`` if it was
+    reset, else "sent" or, waiting, "ended".
+    """
     try:
         with connect(port) as s:
             s.sendall(b"u" * size)
-            results.append("sent")
+            results.append("ended" if until_end and not s.recv(1) else "sent")
     except OSError:
         results.append("cut")
 
@@ -263,13 +267,13 @@ class NonReadingClientTests(TestCase):
             t.join(20)
 
     @inlineCallbacks
-    def startUploads(self, read_size, size):
+    def startUploads(self, read_size, size, until_end=False):
         """The raw client up, LINK_USERS users uploading ``size`` bytes each; its link once full."""
         self.thread(self.raw.run, read_size, LINK_USERS)
         yield wait_for(self.raw.welcomed.is_set, what="the handshake")
         self.results = []
         for _ in range(LINK_USERS):
-            self.thread(upload, self.public, size, self.results)
+            self.thread(upload, self.public, size, self.results, until_end)
         yield wait_for(self.raw.accepted.is_set, what="the channels")
         [session] = self.server.registry.clients.values()
         yield wait_for(lambda: session.link._full, what="the link's write buffer to fill")
@@ -278,7 +282,7 @@ class NonReadingClientTests(TestCase):
     @inlineCallbacks
     def test_nonReadingClientDropped(self):
         """A client that pings but never reads, under 10 uploading users: dropped within ping_timeout+interval."""
-        yield self.startUploads(read_size=0, size=8 * 2**20)
+        yield self.startUploads(read_size=0, size=8 * 2**20, until_end=True)
         full_at = reactor.seconds()
         yield wait_for(lambda: not self.server.registry.clients,
                        timeout=PING_TIMEOUT + PING_INTERVAL + SLACK, what="the link to be dropped")
