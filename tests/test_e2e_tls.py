@@ -32,9 +32,11 @@ class TLSLinkTests(TestCase):
 
     @inlineCallbacks
     def linkUp(self):
-        """Start a client that trusts the server; fires with its service once it is linked."""
+        """Start a client that trusts the server; fires with its service once both ends are linked."""
         client = start_client(self, self.server.client_port, *self.dial(self.trust))
         yield wait_for(lambda: self.server.registry.clients, what="the TLS client")
+        link = client.link_factory.link
+        yield wait_for(lambda: link.connection.established, what="the client to be welcomed")
         return client
 
     def dial(self, trust):

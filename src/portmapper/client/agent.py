@@ -219,7 +219,7 @@ class LinkService(ClientService):
     @inlineCallbacks
     def stopService(self):
         link = self.link_factory.link
-        if link is not None and link.connected and link.connection.established:
+        if link is not None and link.connection.established and not link.connection.closed:
             open_channels = len(link.connection.channels)
             if open_channels:
                 log.info("draining: {count} channel(s) may finish within {timeout:g} s",

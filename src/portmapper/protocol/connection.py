@@ -27,6 +27,8 @@ format and its rules are specified in ``docs/protocol.rst``.
 
 import struct
 
+import attr
+
 from portmapper.protocol import auth, frames
 from portmapper.protocol.channel import (
     CONNECTING_STATES, GOT_FIN_STATES, OPENING_STATES, PAUSED_CREDIT, PAUSED_EOF, PAUSED_LINK,
@@ -60,159 +62,127 @@ _KNOWN_FAIL_CODES = frozenset({frames.FAIL_REFUSED, frames.FAIL_TIMEOUT, frames.
 # -- events ------------------------------------------------------------------
 
 class Event:
-    """Something the owner of a :class:`Connection` must act on."""
+    """Something the owner of a :class:`Connection` must act on (compares by value)."""
 
     __slots__ = ()
 
-    def __repr__(self):
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({fields})"
 
-    def __eq__(self, other):
-        return type(self) is type(other) and all(
-            getattr(self, name) == getattr(other, name) for name in self.__slots__)
+def _event(cls):
+    return attr.s(slots=True, eq=True, repr=True)(cls)
 
 
+@_event
 class AuthRequested(Event):
     """Server: a client asks to join with ``tag``; answer accept() or refuse()."""
 
-    __slots__ = ('method', 'proof', 'tag', 'nonce')
-
-    def __init__(self, method, proof, tag, nonce):
-        self.method = method
-        self.proof = proof
-        self.tag = tag
-        self.nonce = nonce
+    method = attr.ib()
+    proof = attr.ib()
+    tag = attr.ib()
+    nonce = attr.ib()
 
 
+@_event
 class Welcomed(Event):
     """Client: the server accepted us as ``client_id``."""
 
-    __slots__ = ('client_id',)
-
-    def __init__(self, client_id):
-        self.client_id = client_id
+    client_id = attr.ib()
 
 
+@_event
 class Refused(Event):
     """Client: the server refused us; the link closes."""
 
-    __slots__ = ('reason',)
-
-    def __init__(self, reason):
-        self.reason = reason
+    reason = attr.ib()
 
 
+@_event
 class GoingAway(Event):
     """The peer sent GOAWAY: closing now, or draining (no new channels)."""
 
-    __slots__ = ('reason', 'draining')
-
-    def __init__(self, reason, draining):
-        self.reason = reason
-        self.draining = draining
+    reason = attr.ib()
+    draining = attr.ib()
 
 
+@_event
 class CloseLink(Event):
     """Close the link's connection once data_to_send() is written (at once if
     ``abort``); ``error`` when the link ends because of a fault."""
 
-    __slots__ = ('reason', 'error', 'abort')
-
-    def __init__(self, reason, error, abort):
-        self.reason = reason
-        self.error = error
-        self.abort = abort
+    reason = attr.ib()
+    error = attr.ib()
+    abort = attr.ib()
 
 
+@_event
 class OpenRequested(Event):
     """Acceptor: open a connection to host:port, write ``preamble`` to it first, then
     accept_channel() or refuse_channel()."""
 
-    __slots__ = ('channel_id', 'host', 'port', 'preamble')
-
-    def __init__(self, channel_id, host, port, preamble=b""):
-        self.channel_id = channel_id
-        self.host = host
-        self.port = port
-        self.preamble = preamble
+    channel_id = attr.ib()
+    host = attr.ib()
+    port = attr.ib()
+    preamble = attr.ib(default=b"")
 
 
+@_event
 class ChannelOpened(Event):
     """Opener: the peer reached the target."""
 
-    __slots__ = ('channel_id',)
-
-    def __init__(self, channel_id):
-        self.channel_id = channel_id
+    channel_id = attr.ib()
 
 
+@_event
 class ChannelOpenFailed(Event):
     """Opener: the peer could not reach the target; the channel is gone."""
 
-    __slots__ = ('channel_id', 'code', 'reason')
-
-    def __init__(self, channel_id, code, reason):
-        self.channel_id = channel_id
-        self.code = code
-        self.reason = reason
+    channel_id = attr.ib()
+    code = attr.ib()
+    reason = attr.ib()
 
 
+@_event
 class DataReceived(Event):
     """Write ``data`` to the channel's local socket."""
 
-    __slots__ = ('channel_id', 'data')
-
-    def __init__(self, channel_id, data):
-        self.channel_id = channel_id
-        self.data = data
+    channel_id = attr.ib()
+    data = attr.ib()
 
 
+@_event
 class ChannelEnded(Event):
     """The peer sent FIN: shut the local socket's write side once written."""
 
-    __slots__ = ('channel_id',)
-
-    def __init__(self, channel_id):
-        self.channel_id = channel_id
+    channel_id = attr.ib()
 
 
+@_event
 class ChannelReset(Event):
     """The peer reset the channel (or it was still connecting): drop the
     local socket; the channel is gone."""
 
-    __slots__ = ('channel_id', 'reason')
-
-    def __init__(self, channel_id, reason):
-        self.channel_id = channel_id
-        self.reason = reason
+    channel_id = attr.ib()
+    reason = attr.ib()
 
 
+@_event
 class ChannelLost(Event):
     """The link is gone under this channel: drop the local socket."""
 
-    __slots__ = ('channel_id',)
-
-    def __init__(self, channel_id):
-        self.channel_id = channel_id
+    channel_id = attr.ib()
 
 
+@_event
 class PauseReading(Event):
     """Stop reading the channel's socket."""
 
-    __slots__ = ('channel_id',)
-
-    def __init__(self, channel_id):
-        self.channel_id = channel_id
+    channel_id = attr.ib()
 
 
+@_event
 class ResumeReading(Event):
     """Read the channel's socket again."""
 
-    __slots__ = ('channel_id',)
-
-    def __init__(self, channel_id):
-        self.channel_id = channel_id
+    channel_id = attr.ib()
 
 
 class LinkUnavailable(Exception):

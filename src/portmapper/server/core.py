@@ -104,6 +104,7 @@ class PortMapperServer(Service):
             log.info("draining: {count} channel(s) may finish within {timeout:g} s",
                      count=len(self.registry.channels), timeout=self.settings.drain_timeout)
             for session in list(self.registry.clients.values()):
+                session.closing(SERVER_STOPPED)
                 session.link.goAway("the server is stopping")
             yield self._drained(self.settings.drain_timeout)
         if self.registry.channels:
