@@ -289,19 +289,18 @@ class CloseReasonTests(PublicTestCase):
         self.assertEqual(self.userGone(late, ConnectionDone()), NO_CLIENT)
 
     def test_openFailedTimeout(self):
-        """The client timing out on the target: timeout; the user is let go, not aborted."""
+        """The client timing out on the target: timeout; the user is reset, as by our open timeout."""
         user = self.connectUser()
         self.failDial(TimeoutError())
-        self.assertTrue(user.transport.disconnecting)
-        self.assertFalse(user.transport.disconnected)
-        self.assertEqual(self.userGone(user, ConnectionDone()), TIMEOUT)
+        self.assertTrue(user.transport.disconnected)
+        self.assertEqual(self.userGone(user, ConnectionAborted()), TIMEOUT)
 
     def test_openFailedRefused(self):
-        """The target refusing the client: target refused."""
+        """The target refusing the client: target refused, and the user is reset."""
         user = self.connectUser()
         self.failDial(ConnectionRefusedError())
-        self.assertTrue(user.transport.disconnecting)
-        self.assertEqual(self.userGone(user, ConnectionDone()), TARGET_REFUSED)
+        self.assertTrue(user.transport.disconnected)
+        self.assertEqual(self.userGone(user, ConnectionAborted()), TARGET_REFUSED)
 
     def test_openFailedDenied(self):
         """The client's allow-list forbidding the target: target refused."""
@@ -309,8 +308,8 @@ class CloseReasonTests(PublicTestCase):
             tag="locked", allow=AllowList.parse("192.168.0.0/16:22"))
         user = self.connectUser(self.addMapping(5556, "locked"))
         self.assertEqual(self.clock.tcpClients, [])
-        self.assertTrue(user.transport.disconnecting)
-        self.assertEqual(self.userGone(user, ConnectionDone()), TARGET_REFUSED)
+        self.assertTrue(user.transport.disconnected)
+        self.assertEqual(self.userGone(user, ConnectionAborted()), TARGET_REFUSED)
 
 
 class StateTests(PublicTestCase):

@@ -242,6 +242,8 @@ class Connection:
         self._link_full = False
         self._control_backlog = 0  # control bytes written while the link is full
         self._link_blocked = []  # channels paused because the link is full
+        self._link_moved = False  # the link's write buffer moved since the last keepalive tick
+        self._stalled = 0.0  # seconds of keepalive ticks with the buffer full and unmoved
         self._heard = False  # anything received since the last keepalive tick
         self._silent = 0.0  # seconds of keepalive ticks with nothing received
         self._handshake_deadline = now + handshake_timeout
@@ -304,7 +306,10 @@ class Connection:
         return min(self._next_keepalive, self._handshake_deadline)
 
     def tick(self, now):
-        """Time passed: end an overdue handshake, ping, drop a silent link, shrink idle windows."""
+        """
+        Time passed: end an overdue handshake, ping, drop a silent link or one
+        that takes nothing we send, shrink idle windows.
+        """
         self._now = now
         if self.closed:
             return
@@ -321,6 +326,17 @@ class Connection:
             self._silent += self.ping_interval
         if self._silent >= self.ping_timeout:
             self._close(f"nothing heard for {self._silent:g} seconds", error=True)
+            return
+        if self._link_full and not self._link_moved:
+            self._stalled += self.ping_interval
+        else:
+            self._stalled = 0.0
+        self._link_moved = False
+        if self._stalled >= self.ping_timeout:
+            # A peer that pings but never reads: our writes would only queue
+            # behind the rest, so no GOAWAY.
+            self._close(f"it took nothing we sent for {self._stalled:g} seconds", error=True,
+                        abort=True, goaway=False)
             return
         if self.established:
             self._ping()
@@ -728,6 +744,8 @@ class Connection:
 
     def link_full(self, full):
         """The link's own write buffer filled (True) or drained (False)."""
+        if full != self._link_full:  # Twisted says "full" again at each write while it is
+            self._link_moved = True  # a change counts as movement for the tick under way
         self._link_full = full
         if full:
             return
@@ -735,6 +753,14 @@ class Connection:
         blocked, self._link_blocked = self._link_blocked, []
         for ch in blocked:
             self._unpause(ch, PAUSED_LINK)
+
+    def link_moving(self):
+        """
+        The link's write buffer is still full, but its socket took some of it
+        since the last tick: the peer reads, however slowly.  A buffer full
+        with no such news for ``ping_timeout`` ends the link.
+        """
+        self._link_moved = True
 
     # -- channels: credit and reading -------------------------------------------------
 

@@ -49,10 +49,10 @@ from portmapper.server.registry import (
     Mapping, Registry,
 )
 from portmapper.transport.endpoints import tcp_server_endpoint
+from portmapper.transport.tune import LISTEN_BACKLOG
 
 log = Logger()
 
-PUBLIC_BACKLOG = 1024
 _WORTH_LOGGING = {NO_CLIENT, TARGET_REFUSED, TIMEOUT, PROTOCOL_ERROR}
 
 
@@ -187,7 +187,7 @@ class PortMapperServer(Service):
 
     def _listen(self, mapping):
         endpoint = tcp_server_endpoint(self.reactor, mapping.public_port,
-                                       self.settings.public_interface, PUBLIC_BACKLOG)
+                                       self.settings.public_interface, LISTEN_BACKLOG)
         d = endpoint.listen(PublicFactory(self, mapping))
 
         def cannot(failure):
@@ -411,6 +411,17 @@ class PortMapperServer(Service):
         if reason in _WORTH_LOGGING:
             log.info("channel {channel_id} on port {port} closed: {reason}",
                      channel_id=record.channel_id, port=record.public_port, reason=reason)
+
+    def sweep(self, now):
+        """
+        Close the open channels past ``--half-close-timeout`` or
+        ``--idle-timeout`` (the sampler calls this once per tick), at both
+        ends: history records ``timeout`` or ``idle timeout``.
+        """
+        s = self.settings
+        for channel, reason in self.registry.expired_channels(
+                now, s.half_close_timeout, s.idle_timeout):
+            channel.user.close(reason)
 
     def kick_client(self, client_id):
         session = self.registry.clients.get(client_id)

@@ -66,7 +66,9 @@ class Meter:
 class Sampler(Service):
     """
     One ``LoopingCall`` for the whole server: every ``interval`` seconds,
-    sample every live meter.
+    sample every live meter, then call ``sweep(now)`` if given (the server
+    closes the channels past their timeouts there, so that no channel needs
+    a timer of its own).
 
     ``meters`` is a zero-argument callable returning the meters to sample
     now (the registry knows which connections are alive).  A failing tick is
@@ -74,22 +76,28 @@ class Sampler(Service):
     seconds each tick took (by ``clock``), e.g. a Prometheus histogram's.
     """
 
-    def __init__(self, meters, clock, interval=1.0, observe=None):
+    def __init__(self, meters, clock, interval=1.0, observe=None, sweep=None):
         self._meters = meters
         self._clock = clock
         self.interval = interval
         self._observe = observe
+        self._sweep = sweep
         self._loop = None
 
     def tick(self):
+        now = self._clock.seconds()
         try:
-            now = self._clock.seconds()
             for meter in self._meters():
                 meter.sample(now)
             if self._observe is not None:
                 self._observe(self._clock.seconds() - now)
         except Exception:
             log.failure("sampling traffic meters failed; will try again next tick")
+        if self._sweep is not None:
+            try:
+                self._sweep(now)
+            except Exception:
+                log.failure("closing timed-out channels failed; will try again next tick")
 
     def startService(self):
         super().startService()

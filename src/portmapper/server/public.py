@@ -7,7 +7,9 @@ first bytes go with the request to open the channel (early data, see
 ``docs/protocol.rst``), the rest once the client has connected to the
 target, with the link's flow control both ways.  The protocol reports what
 happens to the channel's record in the registry, which decides the reason
-history gives for its end.
+history gives for its end.  A channel that fails to open (the target
+refused, or it was not reached in time by the client or by our
+``open_timeout``) resets the user's connection.
 
 The mapping's policies are enforced here, at accept: a user outside
 ``allow`` or beyond ``max_channels`` is closed at once (``denied``,
@@ -186,7 +188,9 @@ class PublicProtocol(ChannelEnd):
                  port=self.mapping.target_port, reason=reason)
         self.record.aborted(_OPEN_FAIL_REASONS.get(code, TARGET_REFUSED))
         self.link = None
-        super().openFailed(code, reason)
+        # A reset, as when our own open timeout fires: the user learns the
+        # connection failed, where a clean EOF would read as an empty answer.
+        self.transport.abortConnection()
 
     def peerEnded(self):
         self.record.ended(TARGET_CLOSED)

@@ -181,6 +181,11 @@ class Channel:
     opened = attr.ib(default=False)  # the client reached the target
     first_end = attr.ib(default=None)  # USER_CLOSED or TARGET_CLOSED: who sent FIN first
     abnormal = attr.ib(default=None)  # the first abnormal reason the channel is ending for
+    # Noted by each sweep (see expire()): when bytes last moved, the byte
+    # count then, and when the channel was first seen half-closed.
+    active_at = attr.ib(default=None)
+    swept_bytes = attr.ib(default=0)
+    half_closed_at = attr.ib(default=None)
 
     @property
     def init_time(self):
@@ -208,6 +213,29 @@ class Channel:
     def decide_close_reason(self):
         """The reason history records: the first abnormal one, else who ended first."""
         return self.abnormal or self.first_end or USER_CLOSED
+
+    def expire(self, now, half_close_timeout, idle_timeout):
+        """
+        A sweep at ``now``: TIMEOUT if the channel is half-closed and has
+        carried no byte for ``half_close_timeout`` seconds, IDLE_TIMEOUT if it
+        has carried none for ``idle_timeout`` seconds (0: never), else None.
+        Only opened channels expire (the open timeout covers the others);
+        times are as the sweeps saw them, so a limit is reached up to one
+        sweep interval late.
+        """
+        if not self.opened or self.close_reason is not None:
+            return None
+        moved = self.meter.recv_bytes + self.meter.send_bytes
+        if self.active_at is None or moved != self.swept_bytes:
+            self.active_at, self.swept_bytes = now, moved
+        if self.first_end is not None and self.half_closed_at is None:
+            self.half_closed_at = now
+        if (self.half_closed_at is not None
+                and now - max(self.half_closed_at, self.active_at) >= half_close_timeout):
+            return TIMEOUT
+        if idle_timeout and now - self.active_at >= idle_timeout:
+            return IDLE_TIMEOUT
+        return None
 
 
 class IdBlocks:
@@ -375,6 +403,15 @@ class Registry:
             yield client.meter
         for channel in self.channels.values():
             yield channel.meter
+
+    def expired_channels(self, now, half_close_timeout, idle_timeout):
+        """The open channels past a limit at ``now``, as (channel, reason): see Channel.expire."""
+        expired = []
+        for channel in self.channels.values():
+            reason = channel.expire(now, half_close_timeout, idle_timeout)
+            if reason is not None:
+                expired.append((channel, reason))
+        return expired
 
     def channels_on_port(self, public_port):
         return [c for c in self.channels.values() if c.public_port == public_port]

@@ -15,12 +15,15 @@ firing once it is done.  :class:`Listener` and :class:`StoreService` are
 two such children; the server itself (``server/core.py``) is another.
 """
 
+import json
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 from zope.interface import implementer
 
@@ -126,13 +129,74 @@ class Listener(StreamServerEndpointService):
         return result
 
 
-class AdminSite(Site):
+class AdminChannel(HTTPChannel):
     """
-    The admin API's ``Site``: no tracebacks in answers, and its open
-    (kept-alive) connections are dropped when its listener stops, so that
-    no request reaches a server that has stopped.
+    The admin API's HTTP connection: a request Twisted refuses before it
+    reaches the API is answered with the JSON failure body too.
+
+    Twisted reads a request line or header line of up to 16 KiB; a longer one
+    (``lineLengthExceeded``) it dropped without a word.  Here it is answered
+    414 (the request line: the URI is too long) or 431 (a header line), and a
+    request it finds malformed 400, each as ``{"result": "failed", ...}``.
+    The connection then reads no more requests and closes its sending side;
+    the idle timeout ends it if the peer never closes.
     """
 
+    _in_headers = False  # the request line of the current request has been read
+    _refused = False  # answered with a refusal: nothing more is read
+
+    def dataReceived(self, data):
+        if not self._refused:
+            super().dataReceived(data)
+
+    def rawDataReceived(self, data):
+        if not self._refused:
+            super().rawDataReceived(data)
+
+    def lineReceived(self, line):
+        if self._refused:
+            return
+        if line:  # an empty line before a request line is skipped; one after it ends the headers
+            self._in_headers = True
+        super().lineReceived(line)
+
+    def allHeadersReceived(self):
+        self._in_headers = False  # the next line is the next request's
+        super().allHeadersReceived()
+
+    def lineLengthExceeded(self, line):
+        if self._in_headers:
+            self._refuse(431, b"Request Header Fields Too Large",
+                         f"A header line is longer than {self.MAX_LENGTH} bytes.")
+        else:
+            self._refuse(414, b"URI Too Long",
+                         f"The request line is longer than {self.MAX_LENGTH} bytes.")
+
+    def _respondToBadRequestAndDisconnect(self):
+        self._refuse(400, b"Bad Request", "The HTTP request is malformed or its headers too large.")
+
+    def _refuse(self, status, phrase, reason):
+        body = json.dumps({"result": "failed", "reason": reason}).encode("utf-8")
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (status, phrase, len(body), body))
+        self._refused = True
+        self.clearLineBuffer()
+        self._networkProducer.unregisterProducer()
+        # Only our side closes: a close with the peer's bytes unread would be
+        # a reset, which may destroy the answer before the peer reads it.
+        self.transport.loseWriteConnection()
+
+
+class AdminSite(Site):
+    """
+    The admin API's ``Site``: no tracebacks in answers, JSON answers to
+    requests refused before they reach the API (:class:`AdminChannel`), and
+    its open (kept-alive) connections are dropped when its listener stops,
+    so that no request reaches a server that has stopped.
+    """
+
+    protocol = AdminChannel  # plain HTTP/1.1: no HTTP/2 wrapper over plain TCP
     displayTracebacks = False
     noisy = False
 

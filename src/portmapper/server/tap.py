@@ -20,7 +20,8 @@ and stop in the reverse one:
     answers only once the stored mappings listen again and the client port
     is known;
 ``sampler``
-    the once-a-second traffic sampler.
+    the once-a-second traffic sampler, which also has the server close the
+    channels past their half-close or idle timeout.
 
 Stopping thus stops the admin API and the client port, then the public
 ports, closes every channel and link, and closes the store last.
@@ -42,7 +43,7 @@ from portmapper.server.services import AdminSite, InOrder, Listener, StoreServic
 from portmapper.server.store import Store
 from portmapper.server.webhooks import Webhooks
 from portmapper.startup import exit_when_failed
-from portmapper.transport.endpoints import link_server_endpoint
+from portmapper.transport.endpoints import link_server_endpoint, server_endpoint
 
 log = Logger()
 
@@ -106,9 +107,9 @@ def build(settings, reactor):
         ("server", server),
         ("client-port", Listener(link_server_endpoint(reactor, settings.client_port),
                                  ServerLinkFactory(server), server.clientPortListening)),
-        ("admin", Listener(serverFromString(reactor, settings.admin), site, server.adminListening)),
+        ("admin", Listener(server_endpoint(reactor, settings.admin), site, server.adminListening)),
         ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval,
-                            observe=server.metrics.sampler_tick.observe)),
+                            observe=server.metrics.sampler_tick.observe, sweep=server.sweep)),
     ]:
         child.setName(name)
         child.setServiceParent(service)

@@ -20,12 +20,52 @@ own methods.
 This reads a few of Twisted's attributes (``socket``, ``dataBuffer``,
 ``offset``, ``_tempDataLen``, ``_writeDisconnecting``, ``TLS``), checked once
 per transport; a Twisted without them gets the ordinary path.
+
+``queued_bytes(transport)`` reads the same queue, plus the kernel's send
+queue where the platform tells it (Linux's ``SIOCOUTQ``), to tell how many
+written bytes the peer has not acknowledged yet: the link watches it to
+tell a slow reader from one that reads nothing.  Twisted's queue alone is
+not enough: the socket takes more of it only once half the kernel's send
+buffer (megabytes, autotuned) is free, which a slow reader may take longer
+to free than the ping timeout.
 """
+
+import struct
 
 from twisted.internet import tcp
 
+try:
+    from fcntl import ioctl
+    from termios import TIOCOUTQ  # SIOCOUTQ: bytes in a TCP socket's send queue
+except ImportError:  # not POSIX
+    ioctl = TIOCOUTQ = None
+
 _NEEDED = ("socket", "dataBuffer", "offset", "_tempDataLen", "_writeDisconnecting",
            "disconnecting", "connected")
+_QUEUE = ("dataBuffer", "offset", "_tempDataLen")
+
+
+def queued_bytes(transport):
+    """
+    Bytes written to ``transport`` that the peer has not acknowledged yet:
+    Twisted's queue plus the kernel's send queue (where it can be read); or
+    None where that cannot be told.  For our TLS transport, the TCP
+    transport it writes to is looked at.
+    """
+    for t in (transport, getattr(transport, "transport", None)):
+        if isinstance(t, tcp.Connection) and all(hasattr(t, name) for name in _QUEUE):
+            return len(t.dataBuffer) - t.offset + t._tempDataLen + _kernel_queued(t)
+    return None
+
+
+def _kernel_queued(transport):
+    """Bytes in the kernel's send queue of ``transport``'s socket (0 where it cannot be read)."""
+    if ioctl is None:
+        return 0
+    try:
+        return struct.unpack("i", ioctl(transport.socket.fileno(), TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, AttributeError, ValueError):
+        return 0
 
 
 def direct_writers(transport):

@@ -15,7 +15,9 @@ when it parses, so there is nothing to keep but the text).
 At start, :func:`link_server_endpoint` and :func:`link_client_endpoint`
 build the endpoint from the spec.  :func:`tcp_server_endpoint` is the one
 choice between a TCP4 and a TCP6 server endpoint, for the link's TLS port
-and the mapped public ports alike.
+and the mapped public ports alike.  Every server endpoint built here (the
+admin API's too, with :func:`server_endpoint`) listens with a backlog of
+``LISTEN_BACKLOG`` unless its description gives one.
 """
 
 import attr
@@ -25,6 +27,10 @@ from twisted.internet.endpoints import (
 )
 
 from portmapper.transport import tls
+from portmapper.transport.tune import LISTEN_BACKLOG
+
+_TCP_KINDS = ("tcp", "tcp6")
+_TCP_BACKLOG_ARG = 2  # tcp:PORT:INTERFACE:BACKLOG takes it third when positional
 
 
 @attr.s(frozen=True)
@@ -86,7 +92,18 @@ def client_spec(description):
     return _spec(ClientSpec, tls.parse_client, clientFromString, description)
 
 
-def tcp_server_endpoint(reactor, port, interface="", backlog=50):
+def server_endpoint(reactor, description):
+    """
+    Twisted's ``serverFromString`` of ``description``, with a backlog of
+    ``LISTEN_BACKLOG`` for a ``tcp:`` or ``tcp6:`` one that gives none.
+    """
+    kind, args, kwargs = tls.split_description(description)
+    if kind in _TCP_KINDS and "backlog" not in kwargs and len(args) <= _TCP_BACKLOG_ARG:
+        description += f":backlog={LISTEN_BACKLOG}"
+    return serverFromString(reactor, description)
+
+
+def tcp_server_endpoint(reactor, port, interface="", backlog=LISTEN_BACKLOG):
     """A TCP server endpoint on ``interface`` (an IP address; '' for every IPv4 one)."""
     endpoint_type = TCP6ServerEndpoint if ":" in interface else TCP4ServerEndpoint
     return endpoint_type(reactor, port, backlog=backlog, interface=interface)
@@ -96,7 +113,7 @@ def link_server_endpoint(reactor, spec):
     """The endpoint the server listens on for tunnel clients, from a spec (or a description)."""
     spec = server_spec(spec)
     if spec.tls is None:
-        return serverFromString(reactor, spec.text)
+        return server_endpoint(reactor, spec.text)
     port, interface, backlog, context = spec.tls
     return tls.TLSServerEndpoint(tcp_server_endpoint(reactor, port, interface, backlog), context)
 

@@ -10,7 +10,11 @@ channel ends (:class:`IChannelEnd`) and to the link's owner
 (:class:`ILinkOwner`: the server's or the client's side, which decides who
 may join and what a channel connects to).  It also keeps the one timer the
 core asks for, and is the streaming producer of its own transport, so that
-a full write buffer on the link pauses the channels that write to it.
+a full write buffer on the link pauses the channels that write to it.  While
+that buffer is full it looks, at each of the core's ticks, whether the
+socket took any of it (:func:`~portmapper.transport.directwrite.queued_bytes`
+shrank) and tells the core (``link_moving``), which drops a link that takes
+nothing for the ping timeout.
 
 :class:`ChannelEnd` is a local TCP connection whose bytes travel over a
 channel: the public user's on the server, the target's on the client.  It
@@ -24,8 +28,8 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from portmapper.protocol import connection as core
-from portmapper.transport.directwrite import direct_writers
-from portmapper.transport.tune import tune_transport
+from portmapper.transport.directwrite import direct_writers, queued_bytes
+from portmapper.transport.tune import keep_alive, tune_transport
 
 log = Logger()
 
@@ -115,6 +119,8 @@ class LinkProtocol(Protocol):
         self._applying = False
         self._delivered = False  # DataReceived handled: the core's delivered() is due
         self._close_reason = None  # why the link closed, as we know it before it is lost
+        self._full = False  # our transport paused us: its write buffer is full
+        self._queued = None  # queued_bytes() of the transport when last looked at while full
         self._handlers = {
             core.DataReceived: self._onData,
             core.PauseReading: self._onPause,
@@ -167,11 +173,23 @@ class LinkProtocol(Protocol):
 
     # IPushProducer for our own transport: its write buffer filled or drained.
     def pauseProducing(self):
+        # Twisted calls this again at each write while the buffer is full.
+        if not self._full:
+            self._full = True
+            self._queued = queued_bytes(self.transport)
         self.connection.link_full(True)
 
     def resumeProducing(self):
+        self._full = False
         self.connection.link_full(False)
         self._apply()
+
+    def _lookForProgress(self):
+        """The buffer is full: tell the core if the socket took any of it since we last looked."""
+        queued = queued_bytes(self.transport)
+        if queued is None or self._queued is None or queued < self._queued:
+            self.connection.link_moving()  # or we cannot tell: never drop on a guess
+        self._queued = queued
 
     def stopProducing(self):
         self.connection.link_full(True)
@@ -303,6 +321,8 @@ class LinkProtocol(Protocol):
 
     def _tick(self):
         self._timer = None
+        if self._full:
+            self._lookForProgress()
         self._step(self.connection.tick, self.clock.seconds())
         self._schedule()
 
@@ -427,6 +447,7 @@ class ChannelEnd(Protocol):
 
     def connectionMade(self):
         tune_transport(self.transport)
+        keep_alive(self.transport)
         self._write = direct_writers(self.transport)[0]
         if self.meter is None:
             self.meter = core.ByteCounter()

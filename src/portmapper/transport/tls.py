@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from portmapper import validate
 from portmapper.transport.directwrite import direct_writers
-from portmapper.transport.tune import READ_SIZE, tune_transport
+from portmapper.transport.tune import LISTEN_BACKLOG, READ_SIZE, tune_transport
 
 SERVER_OPTIONS = ("port", "interface", "backlog", "privateKey", "certKey")
 CLIENT_OPTIONS = ("host", "port", "timeout", "trustRoots")
@@ -150,7 +150,7 @@ def parse_server(text):
     _check_known(kind, kwargs, SERVER_OPTIONS)
     port = _port(kind, kwargs, allow_zero=True)
     try:
-        backlog = int(kwargs.get("backlog", "50"))
+        backlog = int(kwargs.get("backlog", LISTEN_BACKLOG))
     except ValueError:
         raise ValueError(f"Bad backlog {kwargs['backlog']!r} in the ssl: description.") from None
     if "privateKey" not in kwargs:

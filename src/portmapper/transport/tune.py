@@ -7,10 +7,36 @@ at most ``SEND_LIMIT`` bytes (128 KiB) per write event.  A relay that moves
 hundreds of MB/s wants fewer, larger calls: :func:`tune_transport` raises
 both, and turns Nagle's algorithm off, since a tunnel forwards what it reads
 at once and Nagle plus delayed ACK would stall small messages for 40 ms.
+
+Each channel's local connection (a public user's, a target's) also gets TCP
+keepalive (:func:`keep_alive`): a peer whose machine vanished without a FIN
+or RST is found within about two minutes of silence and the channel closes,
+where it would otherwise hold its sockets forever.  The link needs none: it
+pings.
+
+Listening sockets get a backlog of ``LISTEN_BACKLOG`` connections (where a
+description does not give one): Twisted's default of 50 overflows when many
+users or clients connect at once, and each overflow costs the connector a
+one-second SYN retry.
 """
+
+import socket
 
 READ_SIZE = 256 * 1024  # most bytes read per call, and the write buffer's high-water mark
 SEND_LIMIT = 4 * READ_SIZE  # most bytes Twisted hands the socket per write event
+LISTEN_BACKLOG = 1024  # connections the kernel queues for accept() on a listening socket
+KEEPALIVE_IDLE = 60  # seconds of silence before the first keepalive probe
+KEEPALIVE_INTERVAL = 10  # seconds between unanswered probes
+KEEPALIVE_COUNT = 6  # unanswered probes before the connection is reset
+
+# (option, value) where this platform has the option; macOS names TCP_KEEPIDLE TCP_KEEPALIVE.
+_KEEPALIVE_OPTIONS = [
+    (option, value) for option, value in (
+        (getattr(socket, "TCP_KEEPIDLE", getattr(socket, "TCP_KEEPALIVE", None)), KEEPALIVE_IDLE),
+        (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
+        (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_COUNT),
+    ) if option is not None
+]
 
 
 def tune_transport(transport):
@@ -26,3 +52,17 @@ def tune_transport(transport):
         transport.bufferSize = READ_SIZE
     if isinstance(getattr(transport, "SEND_LIMIT", None), int):
         transport.SEND_LIMIT = SEND_LIMIT
+
+
+def keep_alive(transport):
+    """
+    Turn on TCP keepalive, probing after ``KEEPALIVE_IDLE`` seconds of
+    silence, where ``transport`` is TCP underneath (anything else is left as it is).
+    """
+    try:
+        transport.setTcpKeepAlive(True)
+        sock = transport.getHandle()
+        for option, value in _KEEPALIVE_OPTIONS:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except (AttributeError, OSError):
+        pass
