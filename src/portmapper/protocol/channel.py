@@ -34,6 +34,10 @@ from portmapper.protocol.windows import ReceiveWindow
 
 
 class State(enum.Enum):
+    # Members are singletons: hash by identity, in C (Enum's own __hash__ is
+    # Python code, and states are looked up several times per channel).
+    __hash__ = object.__hash__
+
     OPENING = "opening"  # opener: OPEN sent, OPEN_OK not yet received
     OPENING_SENT_FIN = "opening, sent FIN"  # ... and the local side already ended
     CONNECTING = "connecting"  # acceptor: OPEN received, the target not yet connected
@@ -45,6 +49,8 @@ class State(enum.Enum):
 
 
 class Input(enum.Enum):
+    __hash__ = object.__hash__
+
     OPENED = "open confirmed"  # OPEN_OK received (opener) or the target connected (acceptor)
     LOCAL_EOF = "local EOF"  # the local socket's read side ended
     REMOTE_FIN = "FIN received"
@@ -120,5 +126,9 @@ class Channel:
         self.early_bytes = 0
 
     def advance(self, event):
-        self.state = advance(self.state, event)
+        """Move to the state ``event`` leads to (:func:`advance`, inlined: it runs per frame)."""
+        try:
+            self.state = TRANSITIONS[(self.state, event)]
+        except KeyError:
+            raise IllegalTransition(f"{event.value} in state {self.state.value}") from None
         return self.state

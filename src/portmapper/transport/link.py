@@ -206,7 +206,10 @@ class LinkProtocol(Protocol):
             while True:
                 out = conn.data_to_send()
                 if out:
-                    self._writeSequence(out)
+                    if len(out) == 1:
+                        self._write(out[0])  # send() costs less than sendmsg() for one buffer
+                    else:
+                        self._writeSequence(out)
                 events = conn.events()
                 if not events:
                     break
