@@ -58,9 +58,13 @@ class LinkTransport(StringTransport):
         super().__init__(peerAddress=PEER)
         self.calls = []
 
+    def write(self, data):
+        self.calls.append("write")
+        super().write(data)
+
     def writeSequence(self, data):
         self.calls.append("write")
-        super().writeSequence(data)
+        StringTransport.write(self, b"".join(data))
 
     def unregisterProducer(self):
         self.calls.append("unregisterProducer")
