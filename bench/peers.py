@@ -505,13 +505,17 @@ def plugin_env():
     ``twisted.plugins.__path__``, so ``twistd`` would not list the
     ``portmapper`` commands; with the checkout root on PYTHONPATH it does
     (a ``twisted`` folder without ``__init__.py`` never shadows the real
-    package).  Nothing changes when the plugin file is not there.
+    package).  The checkout's ``src`` goes there too, so that twistd runs
+    this checkout's code even when the venv has another checkout installed
+    in editable mode (a git worktree next to the main one).  Nothing
+    changes when the plugin file is not there.
     """
     env = dict(os.environ)
     if os.path.exists(os.path.join(REPO, "twisted", "plugins",
                                    "portmapper_plugins.py")):
         env["PYTHONPATH"] = os.pathsep.join(
-            [REPO] + [p for p in [env.get("PYTHONPATH")] if p])
+            [REPO, os.path.join(REPO, "src")]
+            + [p for p in [env.get("PYTHONPATH")] if p])
     return env
 
 

@@ -1,0 +1,98 @@
+"""
+Memory at rest of the portmapper server and client, each on its own line.
+
+    python bench/rest_rss.py [--twistd CMD] [--settle 1.0]
+
+Starts the benchmark's backend, then ``twistd -n portmapper`` and ``twistd
+-n portmapper-client`` as ``bench/run.py`` does (linked, one mapping, one
+byte carried end to end), waits ``--settle`` seconds, and prints VmRSS and
+Pss of each process and their sum, in MiB.  Unlike throughput, these
+numbers hardly depend on what else the machine is doing, so they can be
+compared between two checkouts on a busy machine.
+
+Twisted's ``tcp`` module imports pyOpenSSL (and cryptography) whenever it
+is installed, so the numbers depend on the environment as much as on the
+code: the script says so when pyOpenSSL is there (``treq``, a dependency,
+requires it).  ``--twistd`` points it at another venv's twistd, e.g. one
+without pyOpenSSL, to see what it costs.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import peers  # noqa: E402
+import run  # noqa: E402
+
+MiB = 1024.0  # /proc counts KiB
+
+
+def measure(twistd, settle):
+    """``{"server": (rss, pss), "client": (rss, pss)}`` in KiB, and the path."""
+    tmp = tempfile.mkdtemp(prefix="portmapper-rest-rss-")
+    backend, port = run.start_backend(tmp)
+    path = peers.Portmapper(port, twistd)
+    try:
+        path.start()
+        time.sleep(settle)
+        server, client = (p.pid for p in path.processes)
+        return {name: (peers.rss_kib([pid]), peers.pss_kib([pid]))
+                for name, pid in (("server", server), ("client", client))}
+    finally:
+        path.stop()
+        backend.stop()
+        peers.shutil.rmtree(tmp, ignore_errors=True)
+
+
+def twistd_python(twistd):
+    """The interpreter that runs ``twistd`` (its script's ``#!`` line, or itself)."""
+    try:
+        with open(twistd[0], "rb") as f:
+            first = f.readline().decode("utf-8", "replace")
+    except OSError:
+        return None
+    if first.startswith("#!"):
+        return first[2:].split()[0]
+    return twistd[0]
+
+
+def has_pyopenssl(twistd):
+    """Whether ``import OpenSSL`` works where twistd runs (None: cannot tell)."""
+    python = twistd_python(twistd)
+    if not python:
+        return None
+    try:
+        return subprocess.run([python, "-c", "import OpenSSL"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--twistd", help="twistd command line (default: the venv's twistd)")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="seconds to wait at rest before reading /proc")
+    args = parser.parse_args(argv)
+    twistd = peers.find_twistd(args.twistd)
+    memory = measure(twistd, args.settle)
+    for name, (rss, pss) in memory.items():
+        print("%-7s RSS %5.1f MiB  PSS %5.1f MiB" % (name, rss / MiB, pss / MiB))
+    print("%-7s RSS %5.1f MiB  PSS %5.1f MiB" % (
+        "sum", sum(r for r, _ in memory.values()) / MiB,
+        sum(p for _, p in memory.values()) / MiB))
+    if has_pyopenssl(twistd):
+        print("(pyOpenSSL is installed where twistd runs, and Twisted loads it into each "
+              "process: about 12 MiB each.)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
