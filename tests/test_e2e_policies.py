@@ -17,6 +17,7 @@ from tests.e2e import (
     Backend, Echo, Running, echo_roundtrip, free_port, in_thread, recv_or_reset, start_client,
     wait_for,
 )
+from tests.test_metrics import scrape, value
 
 try:
     from proxyprotocol.v1 import ProxyProtocolV1
@@ -125,6 +126,12 @@ class PolicyTestCase(TestCase):
         code, body = yield self.running.api("GET", "/channel_history", port=str(public))
         return [(row["ip"], row["close_reason"]) for row in body["history"]]
 
+    @inlineCallbacks
+    def refusals(self, public, reason):
+        """The live server's ``portmapper_refusals_total`` of ``public`` and ``reason``, scraped."""
+        return value((yield scrape(self.running)), "portmapper_refusals_total",
+                     port=str(public), reason=reason)
+
 
 class AllowTests(PolicyTestCase):
     @inlineCallbacks
@@ -136,6 +143,8 @@ class AllowTests(PolicyTestCase):
         yield wait_for(lambda: not self.server.registry.channels, what="both channels to close")
         self.assertEqual((yield self.history(public)),
                          [("127.0.0.1", "denied"), ("127.0.0.5", "user closed")])
+        self.assertEqual((yield self.refusals(public, "denied")), 1)
+        self.assertEqual((yield self.refusals(public, "limit")), 0)
 
 
 class ProxyProtocolTests(PolicyTestCase):
@@ -197,6 +206,7 @@ class MaxChannelsTests(PolicyTestCase):
         self.addCleanup(fourth.close)
         self.assertEqual((yield in_thread(recv_or_reset, fourth)), b"")
         self.assertIn(("127.0.0.4", "limit"), (yield self.history(public)))
+        self.assertEqual((yield self.refusals(public, "limit")), 1)
         users[0].close()
         yield wait_for(lambda: len(self.server.registry.channels) == 3 - 1, what="one to close")
         self.assertEqual((yield in_thread(roundtrip_from, "127.0.0.6", public, b"fifth")), b"fifth")
