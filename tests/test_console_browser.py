@@ -23,6 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import POLL, Backend, Echo, Running, free_port, in_thread, start_client, wait_for
+from tests.test_e2e_policies import roundtrip_from
 from tests.test_e2e_observe import Discard, PacedUpload
 from tests.test_tap import _TWISTD
 
@@ -316,6 +317,39 @@ class DashboardTests(TestCase):
         yield in_thread(page.wait_gone, "credentials", 1)
         yield wait_for(lambda: linked not in clients, what="the client to be dropped")
         self.assertEqual(len(clients), 1)  # the shared token's client stays
+
+    @inlineCallbacks
+    def test_policies_shown_refusals_counted_and_patched(self):
+        """A mapping's policies read in words with its refused users counted; the edit form PATCHes them live."""
+        yield self.start()
+        page = self.page
+        public = free_port()
+        code, body = yield self.running.api(
+            "POST", "/port_mapper", port=str(public), mapper_ip="127.0.0.1",
+            mapper_port=str(Backend(Echo).listen(self)), allow="127.0.0.5/32", proxy_protocol="v1")
+        self.assertEqual(code, 200, body)
+        policies = yield in_thread(page.wait_cell, "mappings", public, "policies", lambda t: "PROXY" in t)
+        self.assertIn("users from 127.0.0.5/32", policies)
+        self.assertIn("PROXY protocol v1", policies)
+        self.assertEqual((yield in_thread(roundtrip_from, "127.0.0.1", public, b"out")), b"")
+        yield in_thread(page.wait_cell, "mappings", public, "refused", lambda t: t == "1 denied")
+
+        yield in_thread(page.click, f'#mappings tr[data-key="{public}"] button[data-action="edit"]')
+        yield in_thread(page.wait, lambda: page.shown("#edit-form"), "the edit form")
+        yield in_thread(page.fill, "#edit-form", {"max_channels": "none"})
+        yield in_thread(page.click, "#edit-form button[type=submit]")
+        refusal = yield in_thread(page.wait, lambda: page.text("#edit-message"), "the refusal")
+        self.assertIn("max_channels", refusal)
+        self.assertNotIn("max_channels", self.server.registry.mappings[public].policies())
+
+        yield in_thread(page.fill, "#edit-form", {"rate_limit": "5", "max_channels": "", "allow": ""})
+        yield in_thread(page.click, "#edit-form button[type=submit]")
+        policies = yield in_thread(page.wait_cell, "mappings", public, "policies", lambda t: "MB/s" in t)
+        self.assertIn("5 MB/s each way", policies)
+        self.assertNotIn("users from", policies)  # emptied: removed
+        self.assertEqual(self.server.registry.mappings[public].policies(),
+                         {"rate_limit": 5.0, "proxy_protocol": "v1"})
+        self.assertIn("allow removed", (yield in_thread(page.text, "#edit-message")))
 
     @inlineCallbacks
     def test_admin_token_asked_once(self):

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from portmapper.server import metrics
 from portmapper.server.admin import AdminAPI
-from portmapper.server.registry import CLIENT_LOST, USER_CLOSED
+from portmapper.server.registry import CLIENT_LOST, DENIED, LIMIT, NO_CLIENT, USER_CLOSED
 from tests.e2e import Backend, Echo, Running, connect, in_thread, recv_exactly, start_client, wait_for
 from tests.openapi_check import RecordingStubTreq
 from tests.test_admin import AdminTestCase
@@ -104,6 +104,23 @@ class MetricsEndpointTests(AdminTestCase):
         reasons = {dict(labels)["reason"] for name, labels in found
                    if name == "portmapper_handshake_failures_total"}
         self.assertEqual(reasons, set(metrics.HANDSHAKE_FAILURES))
+
+    def test_refusals_by_port_and_reason(self):
+        """Refused connections count by public port and reason; a mapped port shows each reason at 0."""
+        self.add_mapping(5555)
+        self.add_mapping(6666)
+        for reason in [DENIED, DENIED, LIMIT]:
+            self.metrics.refused(5555, reason)
+        self.metrics.refused(7777, NO_CLIENT)  # its mapping since deleted: still counted
+        self.metrics.refused(5555, "something new")  # not a refusal reason: no new label
+        found = self.scrape()
+        self.assertEqual(value(found, "portmapper_refusals_total", port="5555", reason=DENIED), 2)
+        self.assertEqual(value(found, "portmapper_refusals_total", port="5555", reason=LIMIT), 1)
+        self.assertEqual(value(found, "portmapper_refusals_total", port="5555", reason=NO_CLIENT), 0)
+        self.assertEqual(value(found, "portmapper_refusals_total", port="6666", reason=DENIED), 0)
+        self.assertEqual(value(found, "portmapper_refusals_total", port="7777", reason=NO_CLIENT), 1)
+        reasons = {dict(labels)["reason"] for name, labels in found if name == "portmapper_refusals_total"}
+        self.assertEqual(reasons, set(metrics.REFUSALS))
 
     def test_sampler_histogram(self):
         """The sampler tick histogram counts each observed tick in its buckets."""

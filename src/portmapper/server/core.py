@@ -357,6 +357,7 @@ class PortMapperServer(Service):
         The caller closes the connection; it takes no channel id.
         """
         self._refusals.refused(public_port, reason, ip, user_port)
+        self.metrics.refused(public_port, reason)
         if reason == NO_CLIENT:
             mapping = self.registry.mappings.get(public_port)
             if mapping is not None:

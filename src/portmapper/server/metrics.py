@@ -13,7 +13,8 @@ meter's integer add.
 Each server has its own ``CollectorRegistry`` (never the library's global
 one), so several servers in one process, or in one test run, do not
 collide.  Labels stay bounded: by public port, tag, close reason, or one of
-the few kinds of :data:`HANDSHAKE_FAILURES`; never by connection id.  Tags
+the few kinds of :data:`HANDSHAKE_FAILURES` or :data:`REFUSALS`; never by
+connection id.  Tags
 are chosen by clients, so at most :data:`MAX_TAGS` closed tags are kept
 apart and the rest are counted under :data:`OTHER_TAG`.
 """
@@ -23,6 +24,8 @@ from collections import Counter, defaultdict
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
+
+from portmapper.server.registry import DENIED, LIMIT, NO_CLIENT
 
 # generate_latest writes the classic text format, which every Prometheus reads.
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -38,6 +41,10 @@ HANDSHAKE_PROTOCOL_ERROR = "protocol error"  # the peer broke the protocol
 DISCONNECTED = "disconnected"  # the peer went away before it was admitted
 HANDSHAKE_FAILURES = (REFUSED, HANDSHAKE_TIMEOUT, HANDSHAKE_PROTOCOL_ERROR, DISCONNECTED)
 
+# Why a user's connection was closed at accept, before it was a channel: the
+# reasons the refusal counter is labelled by (the server's refused()).
+REFUSALS = (NO_CLIENT, DENIED, LIMIT)
+
 # Seconds one sampler tick may take: a tick walks every live meter.
 TICK_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0)
 
@@ -51,6 +58,7 @@ class ServerMetrics:
         self._client_bytes = defaultdict(lambda: [0, 0])  # tag -> [recv, send] of closed clients
         self._closed = Counter()  # close reason -> channels closed
         self._handshake_failures = Counter({kind: 0 for kind in HANDSHAKE_FAILURES})
+        self._refusals = Counter()  # (public port, one of REFUSALS) -> connections refused
         self.registry = CollectorRegistry()
         self.registry.register(self)
         self.sampler_tick = Histogram(
@@ -74,6 +82,11 @@ class ServerMetrics:
     def handshake_failed(self, kind):
         """A link ended before its client was admitted, for one of HANDSHAKE_FAILURES."""
         self._handshake_failures[kind if kind in HANDSHAKE_FAILURES else DISCONNECTED] += 1
+
+    def refused(self, public_port, reason):
+        """A user's connection to ``public_port`` was closed at accept for ``reason``, one of REFUSALS."""
+        if reason in REFUSALS:
+            self._refusals[(public_port, reason)] += 1
 
     # -- scraped -----------------------------------------------------------------
 
@@ -103,6 +116,14 @@ class ServerMetrics:
         yield _family(CounterMetricFamily, "portmapper_handshake_failures",
                       "Links that ended before their client was admitted, by kind of failure.",
                       "reason", self._handshake_failures)
+        refusals = Counter({(port, reason): 0 for port in mappings for reason in REFUSALS})
+        refusals.update(self._refusals)
+        family = CounterMetricFamily(
+            "portmapper_refusals", "Users' connections closed at accept, by public port and reason.",
+            labels=["port", "reason"])
+        for (port, reason), count in sorted(refusals.items()):
+            family.add_metric([str(port), reason], count)
+        yield family
 
 
 def _add(totals, meter):

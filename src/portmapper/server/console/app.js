@@ -2,8 +2,10 @@
  * The portmapper dashboard.  Reads the admin JSON API about once a second
  * (the next read starts only after the last one ended, so a slow server is
  * never sent a pile of requests) and shows mappings, clients, open channels
- * and history; creates and deletes mappings, kicks clients, closes channels,
- * issues credentials (showing each token once, never stored) and revokes them.
+ * and history; creates, edits (target, tag, policies) and deletes mappings,
+ * kicks clients, closes channels, issues credentials (showing each token
+ * once, never stored) and revokes them.  Each mapping's refused connections
+ * come from GET /metrics (portmapper_refusals_total).
  *
  * Plain DOM, no framework.  Every value from the API enters the page as
  * text (textContent, text nodes), never as HTML.  Tables are keyed: a row is
@@ -31,10 +33,15 @@ class NeedToken extends Error {}    // 401: the admin token is missing or wrong
 
 let token = sessionStorage.getItem(TOKEN_KEY);
 
-async function api(method, path, params = {}) {
+/**
+ * `method` on `path` with `params` in the query (empty ones left out unless
+ * `keepEmpty`, as PATCH needs to remove a policy); the JSON answer, or with
+ * `text` the answer's text.
+ */
+async function api(method, path, params = {}, { keepEmpty = false, text = false } = {}) {
   const url = new URL(path, document.baseURI);
   for (const [name, value] of Object.entries(params)) {
-    if (value !== "" && value !== null && value !== undefined) url.searchParams.set(name, value);
+    if (value !== null && value !== undefined && (keepEmpty || value !== "")) url.searchParams.set(name, value);
   }
   const headers = { Accept: "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -47,6 +54,7 @@ async function api(method, path, params = {}) {
     throw new Unreachable(error.name === "TimeoutError"
       ? "The server did not answer in time." : "The server is not answering.");
   }
+  if (text && response.ok) return response.text();
   let body;
   try {
     body = await response.json();
@@ -219,6 +227,7 @@ const data = {
   details: new Map(),  // channel id -> /channel?channel_id= answer
   samples: new Map(),  // client id -> [{t, recv, send}] for the sparklines
   openByPort: new Map(), // public port -> open channels
+  refusals: new Map(), // public port -> {reason: connections refused at accept since the server started}
   history: [],
   historyFor: null,    // the historyQuery() that `history` answers
   nextBefore: null,
@@ -247,8 +256,21 @@ async function load(panel, work) {
 }
 
 async function loadMappings() {
-  const answer = await api("GET", "port_mapper");
+  const [answer, metrics] = await Promise.all([
+    api("GET", "port_mapper"), api("GET", "metrics", {}, { text: true })]);
   data.mappings = Object.entries(answer).map(([port, value]) => ({ port, value }));
+  data.refusals = refusalsOf(metrics);
+}
+
+/** Public port -> {reason: count} of the portmapper_refusals_total samples in Prometheus `text`. */
+function refusalsOf(text) {
+  const refusals = new Map();
+  for (const [, port, reason, count] of text.matchAll(
+    /^portmapper_refusals_total\{port="(\d+)",reason="([^"]*)"\} (\S+)$/gm)) {
+    if (!refusals.has(port)) refusals.set(port, {});
+    refusals.get(port)[reason] = Number(count);
+  }
+  return refusals;
 }
 
 async function loadCredentials() {
@@ -299,6 +321,26 @@ async function loadHistory() {
 
 const MAPPING_FIELDS = new Set(["ip", "port", "tag"]);
 
+/** A mapping policy in words; one the page does not know as name=value. */
+const POLICY_WORDS = {
+  allow: (v) => `users from ${v.split(",").join(", ")}`,
+  proxy_protocol: (v) => `PROXY protocol ${v}`,
+  max_channels: (v) => `at most ${v} channel${v === 1 ? "" : "s"}`,
+  rate_limit: (v) => `${v} MB/s each way`,
+  balance: (v) => `balance: ${v.replace(/_/g, " ")}`,
+};
+
+function policyText(name, value) {
+  if (POLICY_WORDS[name]) return POLICY_WORDS[name](value);
+  return `${name}=${typeof value === "object" ? JSON.stringify(value) : value}`;
+}
+
+/** "3 denied, 1 limit": the port's refused connections, or "—". */
+function refusedText(port) {
+  const counts = Object.entries(data.refusals.get(port) || {}).filter(([, n]) => n > 0);
+  return counts.length ? counts.map(([reason, n]) => `${n} ${reason}`).join(", ") : "—";
+}
+
 const mappingTable = new LiveTable($("#mappings"), [
   { id: "port", label: "Public port", text: (m) => m.port },
   { id: "target", label: "Target", text: (m) => address(m.value.ip, m.value.port) },
@@ -306,18 +348,27 @@ const mappingTable = new LiveTable($("#mappings"), [
   {
     id: "policies", label: "Policies", title: "Any other setting the mapping carries",
     sync: (td, m) => {
-      const extra = Object.entries(m.value).filter(([name]) => !MAPPING_FIELDS.has(name))
-        .map(([name, value]) => `${name}=${typeof value === "object" ? JSON.stringify(value) : value}`);
-      if (td.dataset.shown === extra.join("\n")) return;
-      td.dataset.shown = extra.join("\n");
-      td.replaceChildren(...(extra.length ? extra.map((text) => el("span", { class: "chip" }, text)) : ["—"]));
+      const extra = Object.entries(m.value).filter(([name]) => !MAPPING_FIELDS.has(name));
+      const shown = JSON.stringify(extra);
+      if (td.dataset.shown === shown) return;
+      td.dataset.shown = shown;
+      td.replaceChildren(...(extra.length ? extra.map(([name, value]) => el(
+        "span", { class: "chip", "data-policy": name, title: name }, policyText(name, value))) : ["—"]));
     },
   },
   { id: "open", label: "Open channels", num: true, text: (m) => String(data.openByPort.get(m.port) ?? 0) },
   {
+    id: "refused", label: "Refused", num: true, text: (m) => refusedText(m.port),
+    title: "Users' connections closed at accept since the server started: no client, denied (not in allow), limit (max_channels)",
+  },
+  {
     id: "actions", label: "",
-    make: actionCell("Delete", (m) => api("DELETE", "port_mapper", { port: m.port }),
-      (m) => `Stop listening on ${m.port} and close its channels?`),
+    make: (td) => {
+      td.append(el("button", { type: "button", class: "small", "data-action": "edit",
+        onclick: () => editMapping(td.parentElement.item) }, "Edit"), " ");
+      actionCell("Delete", (m) => api("DELETE", "port_mapper", { port: m.port }),
+        (m) => `Stop listening on ${m.port} and close its channels?`)(td);
+    },
   },
 ], (m) => m.port, "No port mappings yet: create one above.");
 
@@ -632,6 +683,47 @@ $("#map-form").addEventListener("submit", (event) => {
     form.reset();
     return `Port ${params.port} now maps to ${address(params.mapper_ip, params.mapper_port)}.`;
   });
+});
+
+// The edit form: PATCH sends only what the operator changed; an emptied policy is removed.
+const EDIT_FIELDS = { mapper_ip: "ip", mapper_port: "port", mapper_tag: "tag" };
+const EDIT_POLICIES = ["rate_limit", "max_channels", "allow", "proxy_protocol", "balance"];
+let editing = null;  // the mapping {port, value} the form was filled from
+
+function editMapping(mapping) {
+  editing = mapping;
+  const form = $("#edit-form");
+  for (const [name, field] of Object.entries(EDIT_FIELDS)) form.elements[name].value = String(mapping.value[field]);
+  for (const name of EDIT_POLICIES) form.elements[name].value = String(mapping.value[name] ?? "");
+  setText($("#edit-port"), mapping.port);
+  setText($("#edit-message"), "");
+  form.hidden = false;
+  form.elements.rate_limit.focus();
+}
+
+$("#edit-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = event.target;
+  const was = (name) => String(editing.value[EDIT_FIELDS[name] || name] ?? "");
+  const changes = {};
+  for (const [name, value] of new FormData(form)) {
+    const wanted = value.trim();
+    if (wanted === was(name) || (wanted === "" && EDIT_FIELDS[name])) continue;  // target and tag stay when empty
+    changes[name] = wanted;
+  }
+  const port = editing.port;
+  act(form.querySelector("button[type=submit]"), $("#edit-message"), async () => {
+    if (!Object.keys(changes).length) return "Nothing changed.";
+    const answer = await api("PATCH", "port_mapper", { port, ...changes }, { keepEmpty: true });
+    editing = { port, value: answer.port_mapper[port] };
+    return `Port ${port} changed: ${Object.entries(changes)
+      .map(([name, value]) => (value === "" ? `${name} removed` : `${name}=${value}`)).join(", ")}.`;
+  });
+});
+
+$("#edit-cancel").addEventListener("click", () => {
+  $("#edit-form").hidden = true;
+  editing = null;
 });
 
 // The token is in the page only while its box is shown: never in `data`, never stored.
