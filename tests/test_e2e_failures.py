@@ -28,10 +28,17 @@ class FailureTests(TestCase):
         """Connect a user to ``public``; return the history row of its channel."""
 
         def user():
-            s = connect(public)
+            # A failed open resets the user, and that may come before our
+            # first bytes are even sent: a reset anywhere reads as nothing.
+            try:
+                s = connect(public)
+            except ConnectionResetError:
+                return b""
             try:
                 s.sendall(b"hello")
                 return recv_or_reset(s)
+            except (ConnectionResetError, BrokenPipeError):
+                return b""
             finally:
                 s.close()
 
@@ -46,9 +53,10 @@ class FailureTests(TestCase):
         yield self.startWith()
         public = yield self.running.map(free_port())
         row = yield self.userIsCutOff(public)
-        # The user's first bytes went with the open, as early data.
-        self.assertEqual((row["close_reason"], row["recv_bytes"], row["send_bytes"]),
-                         ("target refused", len(b"hello"), 0))
+        # The user's first bytes went with the open, as early data, unless the
+        # refusal came back before they were sent.
+        self.assertEqual((row["close_reason"], row["send_bytes"]), ("target refused", 0))
+        self.assertIn(row["recv_bytes"], (0, len(b"hello")))
 
     @inlineCallbacks
     def test_allow_list_denies(self):
