@@ -11,6 +11,8 @@ import os
 import random
 import socket
 import struct
+import time
+from collections import defaultdict
 
 from twisted.internet import reactor
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -56,7 +58,9 @@ def user(port, case, data):
     """One user of ``case`` on ``port``: (its source port, whether it ended as it should)."""
     s = connect(port)
     try:
-        source = s.getsockname()[1]
+        # A source port is used again once its user is gone: the connect
+        # time tells apart the users that had it, in the order of their channels.
+        source = s.getsockname()[1], time.monotonic()
         if case == "full":
             s.sendall(data)
             return source, recv_exactly(s, len(data)) == data
@@ -119,16 +123,18 @@ class SoakTests(TestCase):
             return body["history"]
 
         rows = yield poll(history, "every channel in history", lambda rows: len(rows) == CHANNELS)
-        by_source = {row["user_port"]: row for row in rows}
-        self.assertEqual(len(by_source), CHANNELS)
+        by_source = defaultdict(list)
+        for row in sorted(rows, key=lambda row: row["channel_id"]):
+            by_source[row["user_port"]].append(row)
         unexpected = []
-        for case, size, source, _ in results:
-            row = by_source[source]
+        for case, size, (source, _), _ in sorted(results, key=lambda r: r[2][1]):
+            row = by_source[source].pop(0)
             if row["close_reason"] not in EXPECTED[case]:
                 unexpected.append((case, row["close_reason"]))
             if case in ("full", "half"):
                 self.assertEqual((row["recv_bytes"], row["send_bytes"]), (size, size))
         self.assertEqual(unexpected, [])
+        self.assertEqual([rows for rows in by_source.values() if rows], [])
         counts = {case: sum(r[0] == case for r in results) for case in EXPECTED}
         print(f"\n  soak: {CHANNELS} channels in {ran:.1f} s {counts}; "
               f"server fds {fds_before} before, {fds[-1]} after")
