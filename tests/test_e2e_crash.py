@@ -7,6 +7,7 @@ client link that were open, closed as ``server lost``.
 
 import json
 import os
+import signal
 import sqlite3
 import sys
 
@@ -27,28 +28,29 @@ READY = b"portmapper server ready"  # logged once everything listens
 OUTPUT_KEPT = 64 * 1024  # of the child's output, for failure messages
 
 
-class Server(ProcessProtocol):
-    """``twistd -n portmapper`` in a child process, on the ports and data dir given."""
+class Twistd(ProcessProtocol):
+    """``twistd -n`` with ``args`` in a child process; ``lineReceived`` sees each line it logs."""
 
-    def __init__(self, testcase, data_dir, client_port, admin_port):
-        self.admin = f"http://127.0.0.1:{admin_port}"
+    def __init__(self, testcase, args, cwd):
         self.ended = Deferred()
         self.ready = Deferred()
         self.output = bytearray()
-        args = [
-            sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "--logfile=-", "portmapper",
-            "--client-port", f"tcp:{client_port}:interface=127.0.0.1",
-            "--public-interface", "127.0.0.1", "--token", TOKEN,
-            "--admin", f"tcp:{admin_port}:interface=127.0.0.1", "--data-dir", data_dir,
-        ]
+        self._partial = b""
+        args = [sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "--logfile=-", *args]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p)}
-        reactor.spawnProcess(self, sys.executable, args, env=env, path=os.path.dirname(data_dir))
+        reactor.spawnProcess(self, sys.executable, args, env=env, path=cwd)
         testcase.addCleanup(self.signal, "TERM")
+        testcase.addCleanup(self.send, "CONT")  # a stopped process cannot end on TERM
 
     def childDataReceived(self, fd, data):
         self.output += data[:OUTPUT_KEPT - len(self.output)]
-        if not self.ready.called and READY in self.output:
-            self.ready.callback(self)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        self._partial = self._partial[-OUTPUT_KEPT:]
+        for line in lines:
+            self.lineReceived(line)
+
+    def lineReceived(self, line):
+        """One line the process logged (subclasses fire ``ready`` here)."""
 
     def processEnded(self, reason):
         self.ended.callback(None)
@@ -56,15 +58,36 @@ class Server(ProcessProtocol):
             self.ready.errback(AssertionError(
                 f"twistd ended before it was ready: {self.output.decode(errors='replace')}"))
 
+    def send(self, name):
+        """Send SIGname, unless the process has ended."""
+        if not self.ended.called:
+            self.transport.signalProcess(getattr(signal, "SIG" + name))
+
     def signal(self, name):
         """Send SIGname (unless the process has ended); fire once it has ended."""
-        if not self.ended.called:
-            self.transport.signalProcess(name)
+        self.send(name)
         return self.ended
 
     def up(self):
-        """Fire with self once the server logs that it is ready (fail after WAIT seconds)."""
+        """Fire with self once the process is ready (fail after WAIT seconds)."""
         return self.ready.addTimeout(WAIT, reactor)
+
+
+class Server(Twistd):
+    """``twistd -n portmapper`` in a child process, on the ports and data dir given."""
+
+    def __init__(self, testcase, data_dir, client_port, admin_port, *extra):
+        self.admin = f"http://127.0.0.1:{admin_port}"
+        super().__init__(testcase, [
+            "portmapper",
+            "--client-port", f"tcp:{client_port}:interface=127.0.0.1",
+            "--public-interface", "127.0.0.1", "--token", TOKEN,
+            "--admin", f"tcp:{admin_port}:interface=127.0.0.1", "--data-dir", data_dir, *extra,
+        ], os.path.dirname(data_dir))
+
+    def lineReceived(self, line):
+        if not self.ready.called and READY in line:
+            self.ready.callback(self)
 
     @inlineCallbacks
     def api(self, method, path, **params):
