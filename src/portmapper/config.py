@@ -29,6 +29,7 @@ class ServerSettings:
     admin = attr.ib(default="tcp:8080:interface=127.0.0.1")
     public_interface = attr.ib(default="0.0.0.0")
     data_dir = attr.ib(default="portmapper-data")
+    database = attr.ib(default="")  # "": SQLite under data_dir; else a postgresql:// URL
     token = attr.ib(default="")
     admin_token = attr.ib(default=None)
     window = attr.ib(default=DEFAULT_WINDOW)
@@ -144,6 +145,25 @@ def _nonempty(text):
     return text
 
 
+def _database(text):
+    """'' (SQLite under data-dir) or a postgresql:// URL libpq can parse."""
+    if not text:
+        return text
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be empty (SQLite under data-dir) or a postgresql:// URL")
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise ValueError("a PostgreSQL database needs psycopg, which is not installed"
+                         " (pip install 'portmapper[postgres]')") from None
+    try:
+        conninfo_to_dict(text)
+    except psycopg.Error as e:
+        raise ValueError(f"is not a valid PostgreSQL URL: {str(e).strip()}") from None
+    return text
+
+
 def _window(text):
     value = _positive_int(text)
     if not 16 * 1024 <= value <= 64 * 1024 * 1024:
@@ -164,6 +184,8 @@ SERVER_KEYS = {
     "admin": (endpoints.check_server_description, "Endpoint of the admin JSON API."),
     "public_interface": (validate.address, "Address the mapped public ports listen on."),
     "data_dir": (_text, "Directory for the SQLite database (mappings, history)."),
+    "database": (_database, "PostgreSQL URL (postgresql://user@host/dbname) of a database the"
+                            " servers of a cluster share, instead of SQLite under data-dir."),
     "token": (_text, "Shared secret clients must prove they know."),
     "admin_token": (_nonempty, "Bearer token the admin API requires (needed off loopback)."),
     "window": (_window, "Per-channel flow-control window to start with, bytes."),

@@ -6,7 +6,8 @@ one :class:`~portmapper.server.services.InOrder` that start in this order
 and stop in the reverse one:
 
 ``store``
-    the SQLite store, opened first and closed last;
+    the store (SQLite under ``--data-dir``, or PostgreSQL at
+    ``--database``), opened first and closed last;
 ``server``
     the mapping keeper (:class:`~portmapper.server.core.PortMapperServer`),
     which restores the stored mappings when it starts;
@@ -78,15 +79,23 @@ def makeService(config, reactor=None):
     return service
 
 
+def make_store(settings, reactor):
+    """The store ``settings`` name: PostgreSQL at ``database`` if given, else SQLite under ``data_dir``."""
+    retention = {"history_max_rows": settings.history_max_rows,
+                 "history_max_age": settings.history_max_age}
+    if settings.database:
+        from portmapper.server.store.postgres import Store as PostgresStore  # needs psycopg
+        return PostgresStore(settings.database, reactor, **retention)
+    return Store(os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor, **retention)
+
+
 def build(settings, reactor):
     """
     The :class:`~portmapper.server.services.InOrder` of the server's services
     for ``settings``; its ``ready`` fires once every one has started, with
     ``{"client-port": port, "admin": port, ...}`` (IListeningPorts).
     """
-    store = Store(os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor,
-                  history_max_rows=settings.history_max_rows,
-                  history_max_age=settings.history_max_age)
+    store = make_store(settings, reactor)
     server = PortMapperServer(settings, reactor, store)
     site = AdminSite(AdminAPI(server, settings.admin_token).app.resource())
 
