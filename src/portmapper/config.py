@@ -48,8 +48,9 @@ class ServerSettings:
 
 @attr.s(frozen=True)
 class ClientSettings:
-    # An endpoints.ClientSpec; a description given here is parsed into one.
-    server = attr.ib(default="tcp:host=127.0.0.1:port=1111", converter=endpoints.client_spec)
+    # A tuple of endpoints.ClientSpec, one per server; descriptions given here
+    # (one, or several separated by whitespace) are parsed into them.
+    server = attr.ib(default="tcp:host=127.0.0.1:port=1111", converter=lambda v: _servers(v))
     tag = attr.ib(default="default")
     token = attr.ib(default="")
     allow = attr.ib(default=None)  # an AllowList, or None for any target
@@ -164,6 +165,30 @@ def _database(text):
     return text
 
 
+def _servers(value):
+    """
+    The client specs of ``value``: a spec, specs, or descriptions separated
+    by whitespace (repeated ``--server`` options and the lines of a config
+    file's value come joined by newlines).
+    """
+    if isinstance(value, tuple):
+        return value
+    descriptions = value.split()
+    if not descriptions:
+        raise ValueError("must name a server")
+    specs = []
+    for description in descriptions:
+        try:
+            specs.append(endpoints.client_spec(description))
+        except ValueError as e:
+            if len(descriptions) == 1:
+                raise
+            raise ValueError(f"{description!r}: {e}") from None
+        if description in descriptions[:len(specs) - 1]:
+            raise ValueError(f"names the server {description!r} twice")
+    return tuple(specs)
+
+
 def _window(text):
     value = _positive_int(text)
     if not 16 * 1024 <= value <= 64 * 1024 * 1024:
@@ -204,7 +229,8 @@ SERVER_KEYS = {
 }
 
 CLIENT_KEYS = {
-    "server": (endpoints.client_spec, "Endpoint of the server's client port."),
+    "server": (_servers, "Endpoint of a server's client port; repeat the option (or list"
+                         " several, one per line, in the config file) to link to each."),
     "tag": (validate.tag, "Tag announced to the server; mappings pick clients by tag."),
     "token": (_text, "Shared secret (the server's --token)."),
     "allow": (AllowList.parse, "Targets this client may open, e.g. '192.168.0.0/16:22,80'."),
@@ -218,8 +244,12 @@ CLIENT_KEYS = {
 }
 
 
-def make_options(section, keys, settings_type):
-    """A twistd ``usage.Options`` class for ``keys``, building ``settings_type``."""
+def make_options(section, keys, settings_type, repeatable=()):
+    """
+    A twistd ``usage.Options`` class for ``keys``, building ``settings_type``.
+    An option named in ``repeatable`` may be given several times: its values
+    reach the checker joined by newlines, as a multi-line config value does.
+    """
 
     defaults = settings_type()
 
@@ -237,10 +267,24 @@ def make_options(section, keys, settings_type):
                 section, keys, settings_type, self["config"],
                 {name: self[name.replace("_", "-")] for name in keys})
 
+    for name in repeatable:
+        setattr(Options, "opt_" + name, _appender(name.replace("_", "-")))
     return Options
 
 
+def _appender(option):
+    """An ``opt_`` handler that adds each value of ``option`` on a line of its own."""
+
+    def append(self, value):
+        previous = self.opts.get(option)
+        self.opts[option] = value if previous is None else f"{previous}\n{value}"
+
+    return append
+
+
 def _show(value):
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
     return "none" if value is None else value
 
 
