@@ -78,7 +78,7 @@ class ServersOptionTests(SynchronousTestCase):
     def test_repeated_option(self):
         """Each --server is kept, in order."""
         settings = parse(client_tap.Options, ["--server", A, "--server", B])
-        self.assertEqual([spec.text for spec in settings.server], [A, B])
+        self.assertEqual([spec.text for spec in settings.servers], [A, B])
 
     def test_config_file_list(self):
         """A [client] server value with one endpoint per line names them all."""
@@ -86,9 +86,9 @@ class ServersOptionTests(SynchronousTestCase):
         with open(path, "w", encoding="utf-8") as f:
             f.write(f"[client]\nserver = {A}\n    {B}\n")
         settings = parse(client_tap.Options, ["--config", path])
-        self.assertEqual([spec.text for spec in settings.server], [A, B])
+        self.assertEqual([spec.text for spec in settings.servers], [A, B])
         settings = parse(client_tap.Options, ["--config", path, "--server", B])
-        self.assertEqual([spec.text for spec in settings.server], [B])  # options win
+        self.assertEqual([spec.text for spec in settings.servers], [B])  # options win
 
     def test_bad_lists_refused(self):
         """A server named twice, or one bad endpoint among several, is refused naming it."""

@@ -76,7 +76,7 @@ class DefaultTests(ConfigTestCase):
         """The client's defaults: server on loopback 1111, tag 'default', any target allowed."""
         settings = parse(ClientOptions, [])
         self.assertEqual(settings, ClientSettings())
-        self.assertEqual([s.text for s in settings.server], ["tcp:host=127.0.0.1:port=1111"])
+        self.assertEqual(settings.server.text, "tcp:host=127.0.0.1:port=1111")
         self.assertEqual(settings.tag, "default")
         self.assertEqual(settings.token, "")
         self.assertIsNone(settings.allow)
@@ -122,7 +122,7 @@ class CommandLineTests(ConfigTestCase):
             "--token", "sekrit", "--allow", "10.0.0.0/8:22", "--window", "16384",
             "--connect-timeout", "2",
         ])
-        self.assertEqual([s.text for s in settings.server], ["tcp:host=tunnel.example.org:port=4321"])
+        self.assertEqual(settings.server.text, "tcp:host=tunnel.example.org:port=4321")
         self.assertEqual(settings.tag, "lab-1.a:b_c")
         self.assertEqual(settings.token, "sekrit")
         self.assertIsInstance(settings.allow, AllowList)
@@ -241,7 +241,7 @@ tag = not-for-the-server
     def test_repositoryExampleClient(self):
         """The documented tap.conf gives the client its example settings."""
         settings = parse(ClientOptions, ["--config", str(ROOT / "tap.conf")])
-        self.assertEqual([s.text for s in settings.server], ["tcp:host=127.0.0.1:port=1111"])
+        self.assertEqual(settings.server.text, "tcp:host=127.0.0.1:port=1111")
         self.assertEqual(settings.tag, "default")
         self.assertEqual(settings.token, "change-me")
 

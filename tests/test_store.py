@@ -572,9 +572,10 @@ class WheelTests(unittest.SynchronousTestCase):
     buildWheel = test_tap.WheelTests.buildWheel
 
     def test_schema_files_in_wheel(self):
-        """The wheel carries every schema file the store reads."""
+        """The wheel carries every schema file the store reads, SQLite's and PostgreSQL's."""
         with zipfile.ZipFile(self.buildWheel()) as wheel:
             names = set(wheel.namelist())
         self.assertIn("portmapper/server/store/schema/__init__.py", names)
         for name in schema_files():
             self.assertIn(f"portmapper/server/store/schema/{name}", names)
+            self.assertIn(f"portmapper/server/store/schema/postgres/{name}", names)

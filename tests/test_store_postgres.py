@@ -11,7 +11,6 @@ saying which.
 
 import inspect
 import re
-import zipfile
 from importlib.resources import files
 
 from twisted.internet import reactor
@@ -185,20 +184,6 @@ class SharedDatabaseTests(PostgresCase):
         self.assertEqual(killed, 1)
         yield self.assertFailure(store.load_mappings(), psycopg.OperationalError)
         self.assertEqual((yield store.load_mappings()), [(6000, "10.0.0.1", 22, "lab")])
-
-
-class WheelTests(unittest.SynchronousTestCase):
-    """The PostgreSQL schema files reach the wheel (built once per run)."""
-
-    setUp = test_store.WheelTests.setUp
-    buildWheel = test_store.WheelTests.buildWheel
-
-    def test_postgres_schema_in_wheel(self):
-        """The wheel carries every one of PostgreSQL's schema files."""
-        with zipfile.ZipFile(self.buildWheel()) as wheel:
-            names = set(wheel.namelist())
-        for name in test_store.schema_files():
-            self.assertIn(f"portmapper/server/store/schema/postgres/{name}", names)
 
 
 # SQLite Store methods whose SQL is the same in PostgreSQL's dialect (with PARAM).

@@ -48,9 +48,11 @@ class ServerSettings:
 
 @attr.s(frozen=True)
 class ClientSettings:
-    # A tuple of endpoints.ClientSpec, one per server; descriptions given here
-    # (one, or several separated by whitespace) are parsed into them.
-    server = attr.ib(default="tcp:host=127.0.0.1:port=1111", converter=lambda v: _servers(v))
+    # The servers to keep a link to, a tuple of endpoints.ClientSpec, given as
+    # server= (the option's name): a spec, specs, or descriptions separated by
+    # whitespace, parsed into specs.
+    servers = attr.ib(default="tcp:host=127.0.0.1:port=1111", converter=lambda v: _servers(v),
+                      alias="server")
     tag = attr.ib(default="default")
     token = attr.ib(default="")
     allow = attr.ib(default=None)  # an AllowList, or None for any target
@@ -61,6 +63,11 @@ class ClientSettings:
     ping_timeout = attr.ib(default=PING_TIMEOUT)
     handshake_timeout = attr.ib(default=HANDSHAKE_TIMEOUT)
     drain_timeout = attr.ib(default=30.0)
+
+    @property
+    def server(self):
+        """The first server (the only one, unless several are given)."""
+        return self.servers[0]
 
 
 @attr.s(frozen=True)
@@ -283,8 +290,6 @@ def _appender(option):
 
 
 def _show(value):
-    if isinstance(value, tuple):
-        return " ".join(map(str, value))
     return "none" if value is None else value
 
 

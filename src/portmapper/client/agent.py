@@ -181,7 +181,7 @@ class ClientLinkFactory(Factory):
     def __init__(self, settings, reactor, server=None):
         self.settings = settings
         self.reactor = reactor
-        self.server = server or settings.server[0]  # the ClientSpec this factory's links dial
+        self.server = server or settings.server  # the ClientSpec this factory's links dial
         self.unwelcomed = 0  # links in a row that ended before WELCOME
         self.link = None  # the link up now (built and not yet lost), or None
         self._lost_waiters = {}  # link -> [Deferred fired when it is lost]
@@ -248,14 +248,14 @@ class LinkService(ClientService):
 def makeClientService(settings, reactor):
     """
     A service that keeps one authenticated link up to each server of
-    ``settings.server``: the :class:`LinkService` of the one server, or a
+    ``settings.servers``: the :class:`LinkService` of the one server, or a
     ``MultiService`` of them, each named by its server's description.
     """
-    services = [_link_service(settings, server, reactor) for server in settings.server]
+    services = [_link_service(settings, server, reactor) for server in settings.servers]
     if len(services) == 1:
         return services[0]
     multi = MultiService()
-    for server, service in zip(settings.server, services):
+    for server, service in zip(settings.servers, services):
         service.setName(server.text)
         service.setServiceParent(multi)
     return multi
