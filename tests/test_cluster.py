@@ -60,12 +60,17 @@ class DatabaseOptionTests(SynchronousTestCase):
         self.assertEqual(store._path, "postgresql://pm@db.example:5433/portmapper")
 
     def test_bad_urls_one_sentence(self):
-        """Another scheme, or a URL libpq refuses, is one sentence naming database."""
+        """Another scheme, a URL libpq refuses, or no psycopg, is one sentence naming database."""
+        try:
+            import psycopg  # noqa: F401
+            refused = 'is not a valid PostgreSQL URL: invalid URI query parameter: "colour".'
+        except ImportError:
+            refused = ("a PostgreSQL database needs psycopg, which is not installed"
+                       " (pip install 'portmapper[postgres]').")
         for url, reason in [
             ("mysql://db/portmapper",
              "must be empty (SQLite under data-dir) or a postgresql:// URL."),
-            ("postgresql://db/portmapper?colour=blue",
-             'is not a valid PostgreSQL URL: invalid URI query parameter: "colour".'),
+            ("postgresql://db/portmapper?colour=blue", refused),
         ]:
             with self.assertRaises(usage.UsageError) as caught:
                 parse(server_tap.Options, ["--database", url])
