@@ -104,17 +104,6 @@ class PostgresCredentialTests(PostgresCase):
         self.assertEqual((yield store.load_mappings()),
                          [(5433, "10.0.0.1", 22, "lab"), (5434, "10.0.0.2", 23, "lab")])
 
-    @inlineCallbacks
-    def test_reserve_together(self):
-        """Stores reserving ids at once on one database get blocks that do not overlap."""
-        stores = [self.make() for _ in range(3)]
-        for store in stores:
-            self.addCleanup(store.stop)
-        yield gatherResults([store.start() for store in stores])
-        firsts = yield gatherResults([store.reserve_ids("channel_id", 100)
-                                      for store in stores for _ in range(4)])
-        self.assertEqual(sorted(firsts), list(range(1, 1201, 100)))
-
 
 class PostgresSchemaTests(PostgresCase):
 
@@ -210,12 +199,18 @@ class SharedDatabaseTests(PostgresCase):
     """Several stores (as several servers) on one database."""
 
     @inlineCallbacks
-    def test_start_together_share(self):
-        """Three stores starting at once on a new database all start; each sees the others' writes."""
-        stores = [self.make() for _ in range(3)]
+    def start_together(self, count):
+        """Start C{count} stores at once on the test's database (stopped at cleanup); return them."""
+        stores = [self.make() for _ in range(count)]
         for store in stores:
             self.addCleanup(store.stop)
         yield gatherResults([store.start() for store in stores])
+        return stores
+
+    @inlineCallbacks
+    def test_start_together_share(self):
+        """Three stores starting at once on a new database all start; each sees the others' writes."""
+        stores = yield self.start_together(3)
         yield stores[0].save_mapping(6000, "10.0.0.1", 22, "lab")
         stores[1].record_channel(channel(7))
         stores[2].record_client(client(3))
@@ -224,6 +219,14 @@ class SharedDatabaseTests(PostgresCase):
         self.assertEqual((yield stores[0].query_channel_history()), [channel(7)])
         self.assertEqual((yield stores[0].last_ids()), (3, 7))
         self.assertEqual(self.inspect()[0], [(schema.LATEST,)])
+
+    @inlineCallbacks
+    def test_reserve_together(self):
+        """Stores reserving ids at once on one database get blocks that do not overlap."""
+        stores = yield self.start_together(3)
+        firsts = yield gatherResults([store.reserve_ids("channel_id", 100)
+                                      for store in stores for _ in range(4)])
+        self.assertEqual(sorted(firsts), list(range(1, 1201, 100)))
 
     @inlineCallbacks
     def test_port_is_unique(self):
