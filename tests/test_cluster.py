@@ -162,8 +162,9 @@ class SeveralServersTests(TestCase):
         one = yield Running(self, self.mktemp()).start()
         two = yield Running(self, self.mktemp()).start()
         service = start_client(
-            self, one.server.client_port, "--server",
-            f"tcp:host=127.0.0.1:port={two.server.client_port}", "--tag", "lab")
+            self, one.server.client_port,
+            "--server", f"tcp:host=127.0.0.1:port={one.server.client_port}",
+            "--server", f"tcp:host=127.0.0.1:port={two.server.client_port}", "--tag", "lab")
         yield wait_for(lambda: one.server.registry.clients and two.server.registry.clients,
                        what="a link to each server")
         target = Backend(Echo).listen(self)
