@@ -53,12 +53,10 @@ def server_options(data_dir, client_port=0, *extra):
 
 
 def client_options(client_port, *extra, token=TOKEN):
+    """A client's options: the plain client port at C{client_port} unless C{extra} names servers."""
+    server = [] if "--server" in extra else ["--server", f"tcp:host=127.0.0.1:port={client_port}"]
     options = client_tap.Options()
-    options.parseOptions([
-        "--server", f"tcp:host=127.0.0.1:port={client_port}",
-        "--token", token,
-        *extra,
-    ])
+    options.parseOptions([*server, "--token", token, *extra])
     return options
 
 

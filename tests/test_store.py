@@ -72,13 +72,20 @@ def client(client_id, **fields):
 class StoreCase(unittest.TestCase):
     """A database path of its own, and ways to open a Store on it."""
 
+    #: What the driver raises for a record it cannot write.
+    ProgrammingError = sqlite3.ProgrammingError
+
     def setUp(self):
         self.path = os.path.join(self.mktemp(), "data", "portmapper.sqlite3")
+
+    def make(self, clock=None, **kwargs):
+        """A Store (not started) on self.path."""
+        return Store(self.path, clock or reactor, **kwargs)
 
     @inlineCallbacks
     def open(self, clock=None, **kwargs):
         """Start a Store on self.path (stopped at cleanup); return it."""
-        store = Store(self.path, clock or reactor, **kwargs)
+        store = self.make(clock, **kwargs)
         self.addCleanup(store.stop)
         yield store.start()
         return store
@@ -86,7 +93,7 @@ class StoreCase(unittest.TestCase):
     @inlineCallbacks
     def refused(self):
         """Start a Store on self.path that must fail; return the SchemaError's message."""
-        store = Store(self.path, reactor)
+        store = self.make()
         self.addCleanup(store.stop)
         error = yield self.assertFailure(store.start(), SchemaError)
         return str(error)
@@ -318,7 +325,7 @@ class StoreTests(StoreCase):
         yield first
         yield second
         yield store.stop()
-        yield Store(self.path, reactor).stop()  # never started
+        yield self.make().stop()  # never started
 
     @inlineCallbacks
     def test_failing_write_logged(self):
@@ -351,7 +358,7 @@ class StoreTests(StoreCase):
         del bad["close_reason"]
         store.record_channel(bad)
         self.assertEqual((yield store.query_channel_history()), [])
-        self.assertEqual(len(self.flushLoggedErrors(sqlite3.ProgrammingError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(self.ProgrammingError)), 1)
         store.record_channel(channel(2))
         rows = yield store.query_channel_history()
         self.assertEqual([r["channel_id"] for r in rows], [2])
@@ -531,12 +538,12 @@ def schema_of(path):
 READ = schema.read  # the real schema files
 
 
-def failing(version):
+def failing(version, folder=""):
     """A stand-in for schema.read whose upgrade to C{version} fails after doing some work."""
 
     def read(name):
         text = READ(name)
-        if name == f"upgrade-{version}.sql":
+        if name == f"{folder}upgrade-{version}.sql":
             text += "\nINSERT INTO no_such_table VALUES (1);\n"
         return text
 
@@ -675,9 +682,10 @@ class WheelTests(unittest.SynchronousTestCase):
     buildWheel = test_tap.WheelTests.buildWheel
 
     def test_schema_files_in_wheel(self):
-        """The wheel carries every schema file the store reads."""
+        """The wheel carries every schema file the store reads, SQLite's and PostgreSQL's."""
         with zipfile.ZipFile(self.buildWheel()) as wheel:
             names = set(wheel.namelist())
         self.assertIn("portmapper/server/store/schema/__init__.py", names)
         for name in schema_files():
             self.assertIn(f"portmapper/server/store/schema/{name}", names)
+            self.assertIn(f"portmapper/server/store/schema/postgres/{name}", names)

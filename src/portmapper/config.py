@@ -31,6 +31,7 @@ class ServerSettings:
     admin = attr.ib(default="tcp:8080:interface=127.0.0.1")
     public_interface = attr.ib(default="0.0.0.0")
     data_dir = attr.ib(default="portmapper-data")
+    database = attr.ib(default="")  # "": SQLite under data_dir; else a postgresql:// URL
     token = attr.ib(default="")
     admin_token = attr.ib(default=None)
     window = attr.ib(default=DEFAULT_WINDOW)
@@ -51,8 +52,11 @@ class ServerSettings:
 
 @attr.s(frozen=True)
 class ClientSettings:
-    # An endpoints.ClientSpec; a description given here is parsed into one.
-    server = attr.ib(default="tcp:host=127.0.0.1:port=1111", converter=endpoints.client_spec)
+    # The servers to keep a link to, a tuple of endpoints.ClientSpec, given as
+    # server= (the option's name): a spec, specs, or descriptions separated by
+    # whitespace, parsed into specs.
+    servers = attr.ib(default="tcp:host=127.0.0.1:port=1111", converter=lambda v: _servers(v),
+                      alias="server")
     tag = attr.ib(default="default")
     token = attr.ib(default="")
     allow = attr.ib(default=None)  # an AllowList, or None for any target
@@ -63,6 +67,11 @@ class ClientSettings:
     ping_timeout = attr.ib(default=PING_TIMEOUT)
     handshake_timeout = attr.ib(default=HANDSHAKE_TIMEOUT)
     drain_timeout = attr.ib(default=30.0)
+
+    @property
+    def server(self):
+        """The first server (the only one, unless several are given)."""
+        return self.servers[0]
 
 
 @attr.s(frozen=True)
@@ -165,6 +174,49 @@ def _urls(text):
     return urls
 
 
+def _database(text):
+    """'' (SQLite under data-dir) or a postgresql:// URL libpq can parse."""
+    if not text:
+        return text
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be empty (SQLite under data-dir) or a postgresql:// URL")
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        raise ValueError("a PostgreSQL database needs psycopg, which is not installed"
+                         " (pip install 'portmapper[postgres]')") from None
+    try:
+        conninfo_to_dict(text)
+    except psycopg.Error as e:
+        raise ValueError(f"is not a valid PostgreSQL URL: {str(e).strip()}") from None
+    return text
+
+
+def _servers(value):
+    """
+    The client specs of ``value``: a spec, specs, or descriptions separated
+    by whitespace (repeated ``--server`` options and the lines of a config
+    file's value come joined by newlines).
+    """
+    if isinstance(value, tuple):
+        return value
+    descriptions = value.split()
+    if not descriptions:
+        raise ValueError("must name a server")
+    specs = []
+    for description in descriptions:
+        try:
+            specs.append(endpoints.client_spec(description))
+        except ValueError as e:
+            if len(descriptions) == 1:
+                raise
+            raise ValueError(f"{description!r}: {e}") from None
+        if description in descriptions[:len(specs) - 1]:
+            raise ValueError(f"names the server {description!r} twice")
+    return tuple(specs)
+
+
 def _window(text):
     value = _positive_int(text)
     if not 16 * 1024 <= value <= 64 * 1024 * 1024:
@@ -185,6 +237,8 @@ SERVER_KEYS = {
     "admin": (endpoints.check_server_description, "Endpoint of the admin JSON API."),
     "public_interface": (validate.address, "Address the mapped public ports listen on."),
     "data_dir": (_text, "Directory for the SQLite database (mappings, history)."),
+    "database": (_database, "PostgreSQL URL (postgresql://user@host/dbname) of a database the"
+                            " servers of a cluster share, instead of SQLite under data-dir."),
     "token": (_text, "Shared secret clients must prove they know."),
     "admin_token": (_nonempty, "Bearer token the admin API requires (needed off loopback)."),
     "window": (_window, "Per-channel flow-control window to start with, bytes."),
@@ -208,7 +262,8 @@ SERVER_KEYS = {
 }
 
 CLIENT_KEYS = {
-    "server": (endpoints.client_spec, "Endpoint of the server's client port."),
+    "server": (_servers, "Endpoint of a server's client port; repeat the option (or list"
+                         " several, one per line, in the config file) to link to each."),
     "tag": (validate.tag, "Tag announced to the server; mappings pick clients by tag."),
     "token": (_client_token,
               "The server's shared --token, or a credential token (pmc_...) it issued."),
@@ -223,8 +278,12 @@ CLIENT_KEYS = {
 }
 
 
-def make_options(section, keys, settings_type):
-    """A twistd ``usage.Options`` class for ``keys``, building ``settings_type``."""
+def make_options(section, keys, settings_type, repeatable=()):
+    """
+    A twistd ``usage.Options`` class for ``keys``, building ``settings_type``.
+    An option named in ``repeatable`` may be given several times: its values
+    reach the checker joined by newlines, as a multi-line config value does.
+    """
 
     defaults = settings_type()
 
@@ -242,7 +301,19 @@ def make_options(section, keys, settings_type):
                 section, keys, settings_type, self["config"],
                 {name: self[name.replace("_", "-")] for name in keys})
 
+    for name in repeatable:
+        setattr(Options, "opt_" + name, _appender(name.replace("_", "-")))
     return Options
+
+
+def _appender(option):
+    """An ``opt_`` handler that adds each value of ``option`` on a line of its own."""
+
+    def append(self, value):
+        previous = self.opts.get(option)
+        self.opts[option] = value if previous is None else f"{previous}\n{value}"
+
+    return append
 
 
 def _show(value):

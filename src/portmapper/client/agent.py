@@ -1,14 +1,15 @@
 """
-The client (agent): one link to the server, and a target connection for
-each channel the server opens on it.
+The client (agent): one link to each server it is given, and a target
+connection for each channel a server opens on its link.
 
 The link's core answers the server's HELLO with the HMAC proof of the
 token and its tag; ``ClientLinkHandler`` then serves the channels the server
 opens: it checks the allow-list, connects to the target (a name is resolved
 off the reactor thread) and accepts the channel, or refuses it with the
 reason the OS gave.
-``makeClientService`` keeps the link up: ``ClientService`` redials forever
-with capped exponential backoff and jitter.  ``ClientService`` counts a
+``makeClientService`` keeps the links up: one ``ClientService`` per server
+redials it forever with capped exponential backoff and jitter, on its own,
+so losing one server leaves the links to the others alone.  ``ClientService`` counts a
 connection as made once TCP connects; a link the server refuses (a wrong
 token, say) must back off too, so the retry policy also counts the links
 that ended before the server welcomed them.
@@ -17,6 +18,7 @@ that ended before the server welcomed them.
 import random
 
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
@@ -111,8 +113,8 @@ class ClientLinkHandler:
 
     def welcomed(self, link, client_id):
         self.client_id = client_id
-        log.info("connected to the server as client {client_id} with tag {tag}",
-                 client_id=client_id, tag=self.settings.tag)
+        log.info("connected to the server as client {client_id} with tag {tag} via {server}",
+                 client_id=client_id, tag=self.settings.tag, server=self.factory.server)
         self.factory.unwelcomed = 0
 
     def draining(self, link, reason):
@@ -128,9 +130,11 @@ class ClientLinkHandler:
         self.factory.linkLost(link)
         if self.client_id is None:
             self.factory.unwelcomed += 1
-            log.warn("could not link up with the server: {why}", why=reason)
+            log.warn("could not link up with the server {server}: {why}",
+                     server=self.factory.server, why=reason)
         else:
-            log.info("link to the server lost: {why}", why=reason)
+            log.info("link to the server {server} lost: {why}", server=self.factory.server,
+                     why=reason)
 
     # -- channels ---------------------------------------------------------------
 
@@ -173,11 +177,12 @@ class ClientLinkHandler:
 class ClientLinkFactory(Factory):
     noisy = False
 
-    def __init__(self, settings, reactor):
+    def __init__(self, settings, reactor, server=None):
         self.settings = settings
         self.reactor = reactor
+        self.server = server or settings.server  # the ClientSpec this factory's links dial
         self.unwelcomed = 0  # links in a row that ended before WELCOME
-        self.link = None  # the latest link built
+        self.link = None  # the link up now (built and not yet lost), or None
         self._lost_waiters = {}  # link -> [Deferred fired when it is lost]
 
     def link_lost_deferred(self, link):
@@ -187,6 +192,8 @@ class ClientLinkFactory(Factory):
         return d
 
     def linkLost(self, link):
+        if self.link is link:
+            self.link = None  # a stopping service then has nothing to drain
         for d in self._lost_waiters.pop(link, []):
             if not d.called:
                 d.callback(None)
@@ -238,12 +245,28 @@ class LinkService(ClientService):
 
 
 def makeClientService(settings, reactor):
-    """A service that keeps one authenticated link to the server up."""
-    factory = ClientLinkFactory(settings, reactor)
+    """
+    A service that keeps one authenticated link up to each server of
+    ``settings.servers``: the :class:`LinkService` of the one server, or a
+    ``MultiService`` of them, each named by its server's description.
+    """
+    services = [_link_service(settings, server, reactor) for server in settings.servers]
+    if len(services) == 1:
+        return services[0]
+    multi = MultiService()
+    for server, service in zip(settings.servers, services):
+        service.setName(server.text)
+        service.setServiceParent(multi)
+    return multi
+
+
+def _link_service(settings, server, reactor):
+    """The :class:`LinkService` that keeps a link to ``server`` (a ClientSpec) up."""
+    factory = ClientLinkFactory(settings, reactor, server)
     backoff = backoffPolicy(initialDelay=0.5, maxDelay=30.0, factor=2.0, jitter=random.random)
 
     def retryPolicy(attempt):
         return backoff(max(attempt, factory.unwelcomed))
 
-    return LinkService(link_client_endpoint(reactor, settings.server), factory,
+    return LinkService(link_client_endpoint(reactor, server), factory,
                        settings.drain_timeout, retryPolicy=retryPolicy, clock=reactor)

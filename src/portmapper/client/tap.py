@@ -5,10 +5,10 @@
 from portmapper.config import CLIENT_KEYS, ClientSettings, make_options
 
 
-class Options(make_options("client", CLIENT_KEYS, ClientSettings)):
+class Options(make_options("client", CLIENT_KEYS, ClientSettings, repeatable=("server",))):
     synopsis = "[options]"
-    longdesc = ("Run a portmapper client: keep a link to the server and carry its channels "
-                "to targets in this network.")
+    longdesc = ("Run a portmapper client: keep a link to the server (to each server, when "
+                "--server is repeated) and carry its channels to targets in this network.")
 
 
 def makeService(config, reactor=None):

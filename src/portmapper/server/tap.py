@@ -6,7 +6,8 @@ one :class:`~portmapper.server.services.InOrder` that start in this order
 and stop in the reverse one:
 
 ``store``
-    the SQLite store, opened first and closed last;
+    the store (SQLite under ``--data-dir``, or PostgreSQL at
+    ``--database``), opened first and closed last;
 ``webhooks``
     the alerts to ``--webhook`` URLs (:mod:`~portmapper.server.webhooks`),
     started before the server so that none of its events is missed;
@@ -48,14 +49,10 @@ from portmapper.transport.endpoints import link_server_endpoint, server_endpoint
 log = Logger()
 
 
-class Options(make_options("server", SERVER_KEYS, ServerSettings)):
+class Options(make_options("server", SERVER_KEYS, ServerSettings, repeatable=("webhook",))):
     synopsis = "[options]"
     longdesc = ("Run a portmapper server: tunnel clients dial its client port, the admin API "
                 "maps public ports to targets those clients can reach.")
-
-    def opt_webhook(self, url):
-        """URL to POST JSON alerts to; repeat the option for several."""
-        self["webhook"] = f"{self['webhook']} {url}" if self["webhook"] else url
 
     def postOptions(self):
         super().postOptions()
@@ -87,15 +84,23 @@ def makeService(config, reactor=None):
     return service
 
 
+def make_store(settings, reactor):
+    """The store ``settings`` name: PostgreSQL at ``database`` if given, else SQLite under ``data_dir``."""
+    retention = {"history_max_rows": settings.history_max_rows,
+                 "history_max_age": settings.history_max_age}
+    if settings.database:
+        from portmapper.server.store.postgres import Store as PostgresStore  # needs psycopg
+        return PostgresStore(settings.database, reactor, **retention)
+    return Store(os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor, **retention)
+
+
 def build(settings, reactor):
     """
     The :class:`~portmapper.server.services.InOrder` of the server's services
     for ``settings``; its ``ready`` fires once every one has started, with
     ``{"client-port": port, "admin": port, ...}`` (IListeningPorts).
     """
-    store = Store(os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor,
-                  history_max_rows=settings.history_max_rows,
-                  history_max_age=settings.history_max_age)
+    store = make_store(settings, reactor)
     webhooks = Webhooks(settings.webhook, reactor)
     server = PortMapperServer(settings, reactor, store, webhooks)
     site = AdminSite(AdminAPI(server, settings.admin_token, metrics=server.metrics).app.resource())

@@ -153,6 +153,9 @@ class Store:
     #: Pending rows of one kind beyond which the oldest are dropped.
     max_pending = 100_000
 
+    #: The query parameter mark of the database's driver.
+    PARAM = "?"
+
     def __init__(self, path, reactor, history_max_rows=100_000,
                  history_max_age=30 * 86400, flush_delay=0.5, batch_size=1000):
         self._path = os.fspath(path)
@@ -477,15 +480,16 @@ class Store:
                            {"client_id": client_id}, limit, before)
 
     def _select(self, table, keys, key, filters, limit, before):
-        where = [f"{column} = ?" for column, value in filters.items() if value is not None]
+        mark = self.PARAM
+        where = [f"{column} = {mark}" for column, value in filters.items() if value is not None]
         args = [value for value in filters.values() if value is not None]
         if before is not None:
-            where.append(f"{key} < ?")
+            where.append(f"{key} < {mark}")
             args.append(before)
         sql = f"SELECT {', '.join(keys)} FROM {table}"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {key} DESC LIMIT ?"
+        sql += f" ORDER BY {key} DESC LIMIT {mark}"
         args.append(limit)
         return [dict(zip(keys, row)) for row in self._conn.execute(sql, args)]
 

@@ -23,8 +23,12 @@ the database at the version before it.  A database newer than
 object that lists tables, reads rows and runs a script as one transaction
 (see :func:`migrate`), so every backend follows the same rules.
 
-To change the schema: add ``upgrade-N.sql`` for N = :data:`LATEST` + 1 and
-raise :data:`LATEST`.
+Other backends keep their own files, in their SQL dialect, in a folder of
+their own (``postgres/`` for PostgreSQL) with the same names and the same
+numbering: version N means the same tables and columns in every backend.
+
+To change the schema: add ``upgrade-N.sql`` for N = :data:`LATEST` + 1 to
+this folder and to every backend's folder, and raise :data:`LATEST`.
 """
 
 from importlib.resources import files
@@ -51,12 +55,12 @@ def read(name):
     return files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
-def upgrade(version):
+def upgrade(version, folder=""):
     """The script that takes a database from ``version - 1`` to ``version``, version update included."""
-    return f"{read(f'upgrade-{version}.sql')}\nUPDATE schema_version SET version = {version};\n"
+    return f"{read(folder + f'upgrade-{version}.sql')}\nUPDATE schema_version SET version = {version};\n"
 
 
-def migrate(db, where):
+def migrate(db, where, folder=""):
     """
     Bring the database behind ``db`` to :data:`LATEST`; return ``(found,
     LATEST)`` where ``found`` is the version it had (``None`` if it was new).
@@ -65,12 +69,13 @@ def migrate(db, where):
     rows of a query, as tuples), ``transaction(script)`` (run the SQL
     statements of ``script`` in one transaction: all or nothing) and
     ``Error`` (the base of the errors these raise).  ``where`` names the
-    database in messages.  Raises :class:`SchemaError`.
+    database in messages.  ``folder`` is where the backend's files are
+    (``""`` for SQLite's, ``"postgres/"``).  Raises :class:`SchemaError`.
     """
     tables = db.tables()
     if not tables:
-        script = read("v1.sql") + VERSION_TABLE + "".join(
-            upgrade(version) for version in range(2, LATEST + 1))
+        script = read(folder + "v1.sql") + VERSION_TABLE + "".join(
+            upgrade(version, folder) for version in range(2, LATEST + 1))
         try:
             db.transaction(script)
         except db.Error as e:
@@ -91,7 +96,7 @@ def migrate(db, where):
             f"{where} has schema version {found}, but this portmapper knows versions"
             f" up to {LATEST} only: run a newer portmapper, or use another data directory.")
     for version in range(found + 1, LATEST + 1):
-        script = upgrade(version)
+        script = upgrade(version, folder)
         try:
             db.transaction(script)
         except db.Error as e:

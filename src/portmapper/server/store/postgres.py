@@ -1,0 +1,261 @@
+"""
+The PostgreSQL backend of the store: the SQLite store's tables, interface
+and behaviour (:mod:`.sqlite`), on a database several servers can share.
+
+It is :class:`.sqlite.Store` with the database calls replaced.  Everything
+on the reactor side is inherited as it is: the one worker thread (so FIFO
+order, a query sees every write made before it), fire-and-forget history
+in bounded pending lists written in batches, retention after each write,
+``stop`` writing what is pending.  What runs in the thread speaks
+PostgreSQL through psycopg 3: one connection, made in the thread at
+:meth:`Store.start`, in autocommit mode with an explicit transaction where
+several statements must go together.
+
+Schema
+------
+The files in ``schema/postgres/`` are the twins of SQLite's, in
+PostgreSQL's dialect and with the same numbers, brought in by the same
+:func:`.schema.migrate`.  It runs under a session advisory lock, so servers
+starting together on a new database do not race: one creates it, the others
+wait and find it made.  A mapping's port is the primary key of
+``mappings``: a port taken by one server is taken for all of them.
+
+A lost connection
+-----------------
+If the connection breaks (the database restarted, the connection was
+killed), the call that finds out fails as any failed call does (a history
+write is logged with what it lost, a query or a mapping change fails), and
+the next call connects again.
+
+Ids and crash notes
+-------------------
+:meth:`~.sqlite.Store.reserve_ids` takes its block in one ``UPDATE ...
+RETURNING``, so servers reserving at once get blocks that do not overlap.
+The open-channel notes, ``last_write`` and :meth:`~.sqlite.Store.close_lost`
+are SQLite's, table for table: they do not yet say which server wrote a
+note, so a server starting on a shared database closes every note left
+there, the other servers' too.
+
+Messages name the database by its URL without the password.
+"""
+
+import json
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from portmapper.server.store import schema, sqlite
+from portmapper.server.store.sqlite import (
+    CLIENT_KEYS, OPEN_CHANNEL_KEYS, OPEN_CLIENT_KEYS, REFUSAL_KEYS,
+)
+
+MAPPING_KEYS = ("public_port", "target_ip", "target_port", "tag", "policies")
+
+#: Seconds to wait for the database to answer a connection.
+CONNECT_TIMEOUT = 10
+
+#: Advisory lock keys (any two numbers no other user of the database takes).
+SCHEMA_LOCK = 0x706D_0001  # held while the schema is checked or migrated
+PRUNE_LOCK = 0x706D_0002  # held by the one server pruning history at a time
+
+
+def _upsert(table, keys, values=None):
+    """
+    An INSERT of ``keys`` that replaces the row with the same first key (SQLite's
+    INSERT OR REPLACE): of named parameters, or of the rows of ``values`` (a SELECT).
+    """
+    names = ", ".join(keys)
+    values = values or "VALUES (" + ", ".join(f"%({k})s" for k in keys) + ")"
+    updates = ", ".join(f"{k} = EXCLUDED.{k}" for k in keys[1:])
+    return (f"INSERT INTO {table} ({names}) {values}"
+            f" ON CONFLICT ({keys[0]}) DO UPDATE SET {updates}")
+
+
+def _lost(table, keys, history):
+    """The statement that moves every row of ``table`` into ``history``, closed."""
+    closed = ("close_time", "recv_bytes", "send_bytes", "close_reason")
+    return _upsert(history, keys + closed,
+                   f"SELECT {', '.join(keys)}, GREATEST(init_time, %(time)s), 0, 0, %(reason)s"
+                   f" FROM {table}")
+
+
+UPSERT_MAPPING = _upsert("mappings", MAPPING_KEYS)
+UPSERT_CHANNEL = _upsert("channel_history", REFUSAL_KEYS)
+UPSERT_CLIENT = _upsert("client_history", CLIENT_KEYS)
+UPSERT_OPEN_CHANNEL = _upsert("open_channels", OPEN_CHANNEL_KEYS)
+UPSERT_OPEN_CLIENT = _upsert("open_clients", OPEN_CLIENT_KEYS)
+LOST_CHANNELS = _lost("open_channels", OPEN_CHANNEL_KEYS, "channel_history")
+LOST_CLIENTS = _lost("open_clients", OPEN_CLIENT_KEYS, "client_history")
+
+
+def describe(url):
+    """``url`` as messages name it: ``postgresql://user@host:port/dbname``, no password."""
+    info = conninfo_to_dict(url)
+    user = f"{info['user']}@" if info.get("user") else ""
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
+
+
+def sentence(error):
+    """The first line of a psycopg error's message (the rest points into the SQL)."""
+    text = str(error).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(error).__name__
+
+
+class Store(sqlite.Store):
+    """
+    The store on the PostgreSQL database at ``url`` (a ``postgresql://``
+    URL, as libpq takes it); otherwise as :class:`.sqlite.Store`.
+    """
+
+    PARAM = "%s"
+
+    def __init__(self, url, reactor, **kwargs):
+        super().__init__(describe(url), reactor, **kwargs)
+        self._conninfo = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "portmapper",
+                          **conninfo_to_dict(url)}
+
+    def _defer(self, f, *args):
+        return super()._defer(self._call, f, *args)
+
+    def _call(self, f, *args):
+        # In the thread: a connection psycopg found broken is replaced first.
+        if self._conn is not None and self._conn.closed and f != self._close:
+            self._conn = self._connect()
+        return f(*args)
+
+    def _connect(self):
+        return psycopg.connect(autocommit=True, **self._conninfo)
+
+    def _open(self):
+        try:
+            conn = self._connect()
+        except psycopg.Error as e:
+            raise schema.SchemaError(
+                f"Cannot connect to the database {self._path}: {sentence(e)}.") from e
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+            versions = schema.migrate(_Schema(conn), self._path, folder="postgres/")
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK,))
+        except BaseException as e:
+            conn.close()
+            if isinstance(e, psycopg.Error):
+                raise schema.SchemaError(
+                    f"Cannot use the database {self._path}: {sentence(e)}.") from e
+            raise
+        self._conn = conn
+        return versions
+
+    # -- mappings ------------------------------------------------------------
+
+    def save_mapping(self, public_port, target_ip, target_port, tag, policies=None):
+        """Insert or replace the mapping of ``public_port``, with its ``policies``."""
+        row = dict(zip(MAPPING_KEYS, (public_port, target_ip, target_port, tag,
+                                      json.dumps(policies or {}, sort_keys=True))))
+        return self._defer(self._execute, UPSERT_MAPPING, row)
+
+    def delete_mapping(self, public_port):
+        """Forget the mapping of ``public_port`` (nothing if there is none)."""
+        return self._defer(self._execute, "DELETE FROM mappings WHERE public_port = %s",
+                           (public_port,))
+
+    def _execute(self, sql, args):
+        self._conn.execute(sql, args)  # autocommit: one statement, one transaction
+
+    # -- credentials -----------------------------------------------------------
+
+    def revoke_credential(self, credential_id):
+        """Mark the credential revoked, for good."""
+        return self._defer(self._execute, "UPDATE credentials SET revoked = 1 WHERE id = %s",
+                           (credential_id,))
+
+    def credential_used(self, credential_id, when):
+        """Record that the credential linked a client at ``when``."""
+        return self._defer(self._execute,
+                           "UPDATE credentials SET last_used_time = %s WHERE id = %s",
+                           (when, credential_id))
+
+    def _add_credential(self, name, tag, public_key, created_time):
+        return self._conn.execute(
+            "INSERT INTO credentials (name, tag, public_key, created_time)"
+            " VALUES (%s, %s, %s, %s) RETURNING id",
+            (name, tag, public_key, created_time)).fetchone()[0]
+
+    # -- ids -----------------------------------------------------------------
+
+    def _reserve_ids(self, name, count):
+        # One statement, so servers reserving at once each get a block of their own.
+        return self._conn.execute(
+            "UPDATE id_blocks b SET next_free = GREATEST(b.next_free, l.value + 1) + %s"
+            " FROM last_ids l WHERE l.name = b.name AND b.name = %s"
+            " RETURNING b.next_free - %s", (count, name, count)).fetchone()[0]
+
+    def _close_lost(self, reason):
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            (last,) = cursor.execute("SELECT time FROM last_write").fetchone()
+            closed = []
+            for table, move in (("open_channels", LOST_CHANNELS),
+                                ("open_clients", LOST_CLIENTS)):
+                cursor.execute(move, {"time": last, "reason": reason})
+                closed.append(cursor.rowcount)
+                cursor.execute(f"DELETE FROM {table}")
+        return tuple(closed)
+
+    # -- history -------------------------------------------------------------
+
+    def _write(self, batch):
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            for rows, upsert in ((batch.open_channels, UPSERT_OPEN_CHANNEL),
+                                 (batch.open_clients, UPSERT_OPEN_CLIENT)):
+                if rows:
+                    cursor.executemany(upsert, rows)
+            channels = [{"count": None, **row} for row in batch.channels]
+            for rows, upsert, opened, key in (
+                (channels, UPSERT_CHANNEL, "open_channels", "channel_id"),
+                (batch.clients, UPSERT_CLIENT, "open_clients", "client_id"),
+            ):
+                if rows:
+                    cursor.executemany(upsert, rows)
+                    cursor.executemany(f"DELETE FROM {opened} WHERE {key} = %s",
+                                       [(row[key],) for row in rows])
+                    cursor.execute("UPDATE last_ids SET value = GREATEST(value, %s)"
+                                   " WHERE name = %s", (max(row[key] for row in rows), key))
+            # Servers sharing the database prune in turn, not over each other.
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", (PRUNE_LOCK,))
+            if cursor.fetchone()[0]:
+                for table, key in (("channel_history", "channel_id"),
+                                   ("client_history", "client_id")):
+                    cursor.execute(f"DELETE FROM {table} WHERE close_time < %s", (batch.cutoff,))
+                    cursor.execute(
+                        f"DELETE FROM {table} WHERE {key} <= (SELECT {key} FROM {table}"
+                        f" ORDER BY {key} DESC LIMIT 1 OFFSET %s)", (self._max_rows,))
+                cursor.execute(
+                    "DELETE FROM channel_history WHERE count IS NOT NULL AND channel_id <="
+                    " (SELECT channel_id FROM channel_history WHERE count IS NOT NULL"
+                    " ORDER BY channel_id DESC LIMIT 1 OFFSET %s)", (self._max_refusal_rows,))
+            cursor.execute("UPDATE last_write SET time = GREATEST(time, %s)", (batch.now,))
+
+
+class _Schema:
+    """What :func:`.schema.migrate` needs of a PostgreSQL connection."""
+
+    class Error(Exception):
+        """A script failed; the message is the first line of PostgreSQL's."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def tables(self):
+        return {name for (name,) in self._conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+
+    def rows(self, sql):
+        return self._conn.execute(sql).fetchall()
+
+    def transaction(self, script):
+        # A statement with no parameters may hold several, as a script does.
+        try:
+            with self._conn.transaction():
+                self._conn.execute(script)
+        except psycopg.Error as e:
+            raise self.Error(sentence(e)) from e
