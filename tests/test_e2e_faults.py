@@ -197,7 +197,7 @@ class ServerProcessFaultTests(TestCase):
         os.makedirs(data_dir)
         ports = free_port(), free_port()
         server = yield Server(self, data_dir, *ports).up()
-        lost = logged(self, "link to the server lost", "why")
+        lost = logged(self, "link to the server {server} lost", "why")
         welcomed = logged(self, "connected to the server as client", "client_id")
         start_client(self, ports[0], *PING)
         yield wait_for(lambda: welcomed, timeout=WAIT, what="the client's link")
