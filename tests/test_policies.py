@@ -228,6 +228,17 @@ class RateLimiterTests(SynchronousTestCase):
         expected = 2 * MB * 10 + limiter.recv.burst
         self.assertLess(abs(end.received - expected) / expected, 0.02)
 
+    def test_burst_granted_before_the_limit_is_not_owed(self):
+        """8 MiB arriving on credit given while unlimited hold the channel back under a second, not 8 s."""
+        clock = Clock()
+        limiter = RateLimiter(clock, 1)  # 1 MB/s
+        end = _End()
+        limiter.add(end)
+        end.deliver(b"y" * (8 * 2**20))  # a window grown while unlimited, arriving at once
+        self.assertEqual(end.credit_held, {"rate"})
+        clock.advance(0.5)
+        self.assertEqual(end.credit_held, set())
+
     def test_removed_end_is_plain(self):
         """An end removed from the limiter has its own methods back, released and uncapped."""
         clock = Clock()

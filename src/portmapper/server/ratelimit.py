@@ -111,7 +111,12 @@ class RateLimiter:
 
         def deliver(data):
             plain_deliver(data)
-            send.tokens -= len(data)
+            # Credit given before the limit applied (a window grown while
+            # unlimited) may still bring more than the limited windows can:
+            # that burst cannot be refused, and is not owed for either.
+            # Debt beyond what the capped windows can have in flight is forgiven.
+            send.tokens = max(send.tokens - len(data),
+                              -(send.burst + len(limiter.ends) * WINDOW_CAP))
             if send.tokens < 0 and not send.paused:
                 limiter._took(send)
 
