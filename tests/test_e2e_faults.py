@@ -12,7 +12,8 @@ import socket
 import threading
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import (
@@ -226,3 +227,60 @@ class ServerProcessFaultTests(TestCase):
         self.assertEqual((yield in_thread(echo_roundtrip, public, b"after")), b"after")
         print(f"\n  server SIGSTOP: client dropped the link after {detected:.3f} s "
               f"({lost[0]}); relinked {relinked:.3f} s after SIGCONT")
+
+
+class EchoUser(Protocol):
+    """Sends its own bytes at once; ``done`` fires with what came back when it ends."""
+
+    def __init__(self, payload):
+        self.payload = payload
+        self.got = b""
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.payload)
+
+    def dataReceived(self, data):
+        self.got += data
+        if len(self.got) >= len(self.payload):
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason):
+        self.done.callback(self.got)
+
+
+class FailoverTests(TestCase):
+    """Failover when a client process dies between a user's accept and the target's answer."""
+
+    timeout = 120
+    setUp = ClientProcessFaultTests.setUp
+    linkedClient = ClientProcessFaultTests.linkedClient
+
+    @inlineCallbacks
+    def test_sigkill_mid_open_fails_over(self):
+        """200 users, the first client frozen then SIGKILLed mid-open: every user is carried by the second."""
+        first = yield self.linkedClient()
+        start_client(self, self.server.client_port)
+        yield wait_for(lambda: len(self.server.registry.clients) == 2, what="two clients")
+        failovers = logged(self, "channel {channel_id}: client {client_id} went before", "channel_id")
+        first.send("STOP")  # its opens go unanswered: they stay mid-open
+        users = []
+        for n in range(200):
+            user = EchoUser(b"user %03d " % n * 8)
+            factory = ClientFactory.forProtocol(lambda user=user: user)
+            factory.noisy = False
+            reactor.connectTCP("127.0.0.1", self.public, factory)
+            users.append(user)
+        first_id = first.welcomed[0]
+        session = self.server.registry.clients[first_id]
+        yield wait_for(lambda: len(self.server.registry.channels)
+                       + sum(user.done.called for user in users) == 200,
+                       timeout=WAIT, what="all 200 users accepted")
+        mid_open = len(session.channels)
+        killed_at = reactor.seconds()
+        yield first.signal("KILL")
+        got = yield gatherResults([user.done for user in users])
+        self.assertEqual(got, [user.payload for user in users])  # every user carried, byte-exact
+        self.assertEqual(len(failovers), mid_open)
+        print(f"\n  failover: {mid_open} of 200 users were mid-open on the killed client; "
+              f"all 200 carried, the last {reactor.seconds() - killed_at:.3f} s after the kill")
