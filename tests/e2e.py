@@ -10,7 +10,7 @@ import socket
 
 import treq
 from twisted.internet import reactor, threads
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
@@ -147,6 +147,27 @@ class Backend:
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         testcase.addCleanup(self.port.stopListening)
         return self.port.getHost().port
+
+
+class EchoUser(Protocol):
+    """Sends a line at once and fires ``done`` with what comes back once it is all there (or closed)."""
+
+    def __init__(self, line):
+        self.line = line
+        self.got = b""
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.line)
+
+    def dataReceived(self, data):
+        self.got += data
+        if len(self.got) >= len(self.line) and not self.done.called:
+            self.done.callback(self.got)
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.callback(self.got)
 
 
 # -- users: blocking sockets in a thread --------------------------------------

@@ -12,13 +12,13 @@ import socket
 import threading
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.protocol import ClientFactory
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import (
-    TOKEN, Backend, Echo, Running, echo_roundtrip, free_port, in_thread, logged, start_client,
-    wait_for,
+    TOKEN, Backend, Echo, EchoUser, Running, echo_roundtrip, free_port, in_thread, logged,
+    start_client, wait_for,
 )
 from tests.test_e2e_crash import WAIT, Server, Twistd, opened_user, poll
 
@@ -229,26 +229,6 @@ class ServerProcessFaultTests(TestCase):
               f"({lost[0]}); relinked {relinked:.3f} s after SIGCONT")
 
 
-class EchoUser(Protocol):
-    """Sends its own bytes at once; ``done`` fires with what came back when it ends."""
-
-    def __init__(self, payload):
-        self.payload = payload
-        self.got = b""
-        self.done = Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.payload)
-
-    def dataReceived(self, data):
-        self.got += data
-        if len(self.got) >= len(self.payload):
-            self.transport.loseConnection()
-
-    def connectionLost(self, reason):
-        self.done.callback(self.got)
-
-
 class FailoverTests(TestCase):
     """Failover when a client process dies between a user's accept and the target's answer."""
 
@@ -271,16 +251,16 @@ class FailoverTests(TestCase):
             factory.noisy = False
             reactor.connectTCP("127.0.0.1", self.public, factory)
             users.append(user)
+            self.addCleanup(lambda user=user: user.transport and user.transport.abortConnection())
         first_id = first.welcomed[0]
         session = self.server.registry.clients[first_id]
-        yield wait_for(lambda: len(self.server.registry.channels)
-                       + sum(user.done.called for user in users) == 200,
+        yield wait_for(lambda: len(self.server.registry.channels) == 200,
                        timeout=WAIT, what="all 200 users accepted")
         mid_open = len(session.channels)
         killed_at = reactor.seconds()
         yield first.signal("KILL")
         got = yield gatherResults([user.done for user in users])
-        self.assertEqual(got, [user.payload for user in users])  # every user carried, byte-exact
+        self.assertEqual(got, [user.line for user in users])  # every user carried, byte-exact
         self.assertEqual(len(failovers), mid_open)
         print(f"\n  failover: {mid_open} of 200 users were mid-open on the killed client; "
               f"all 200 carried, the last {reactor.seconds() - killed_at:.3f} s after the kill")

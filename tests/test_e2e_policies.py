@@ -14,7 +14,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 
 from tests.e2e import (
-    Backend, Echo, Running, echo_roundtrip, free_port, in_thread, recv_or_reset, start_client,
+    Backend, Echo, EchoUser, Running, free_port, in_thread, recv_or_reset, start_client,
     wait_for,
 )
 from tests.test_metrics import scrape, value
@@ -336,28 +336,6 @@ class RateLimitTests(PolicyTestCase):
         yield self.rates(users, targets, 1.0)  # the change takes effect within this second
         rates = yield self.rates(users, targets, 1.5)
         self.assertWithin(rates, 4, 0.15, "after PATCH to 4")
-
-
-class EchoUser(Protocol):
-    """Sends a line at once and fires ``done`` with what comes back once it is all there (or closed)."""
-
-    def __init__(self, line):
-        from twisted.internet.defer import Deferred
-        self.line = line
-        self.got = b""
-        self.done = Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.line)
-
-    def dataReceived(self, data):
-        self.got += data
-        if len(self.got) >= len(self.line) and not self.done.called:
-            self.done.callback(self.got)
-
-    def connectionLost(self, reason):
-        if not self.done.called:
-            self.done.callback(self.got)
 
 
 class FailoverTests(TestCase):
