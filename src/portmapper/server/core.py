@@ -19,6 +19,15 @@ Connections refused at accept are counted, not recorded one by one: see
 :meth:`refused`.  Stopping it stops the
 public ports and closes every channel and link; the client port and the
 admin API have stopped before it, the store stops after it.
+
+Mapping writes go to the store first, and change the live state only once
+it took them.  On a database several servers share, the store also tells
+of the mapping changes every server makes (``follow_mappings``, started
+once the stored mappings are back): each is applied here unless this server
+already has something newer (each change has a version, growing per port in
+the order the database took them), and when the store had lost the
+database it hands over every mapping, and what differs is applied.  The
+changes of one port, made here or heard, run one at a time.
 """
 
 from functools import partial
@@ -133,20 +142,10 @@ class PortMapperServer(Service):
             self.registry.add_credential(Credential(**row))
         policies = yield self.store.load_policies()
         for public_port, target_ip, target_port, tag in (yield self.store.load_mappings()):
-            mapping = Mapping(public_port, target_ip, target_port, tag)
-            self._update(mapping, _parse_stored(public_port, policies.get(public_port, {})))
-            yield self._restore(mapping)
+            # Listening again; kept (not listening) if it cannot.
+            yield self._apply(public_port, (target_ip, target_port, tag,
+                                            policies.get(public_port, {})))
         self.store.follow_mappings(self._heard, self._reloaded)
-
-    @inlineCallbacks
-    def _restore(self, mapping):
-        """Listen again on a stored mapping; keep it (not listening) if we can't."""
-        self.registry.mappings[mapping.public_port] = mapping
-        try:
-            mapping.listening = yield self._listen(mapping)
-        except PortUnavailable as e:
-            log.error("stored port mapper on port {port} is not listening: {why}",
-                      port=mapping.public_port, why=e.why)
 
     def clientPortListening(self, port):
         """The client port listens on ``port`` (an IListeningPort)."""
@@ -380,9 +379,12 @@ class PortMapperServer(Service):
 
     @inlineCallbacks
     def _apply(self, public_port, state):
-        """Make this server's mapping of ``public_port`` ``state``
-        (``(target_ip, target_port, tag, policy texts)``, None for none); never fails."""
+        """Make this server's mapping of ``public_port`` ``state`` (``(target_ip,
+        target_port, tag, policy texts)``, None for none), as stored; never fails.
+        A port it cannot listen on is logged, and the mapping kept, not listening."""
         mapping = self.registry.mappings.get(public_port)
+        if not self.running:  # stopped while this waited for the port: listen on nothing new
+            return
         try:
             if state is None:
                 if mapping is not None:
@@ -402,7 +404,7 @@ class PortMapperServer(Service):
                 self._update(mapping, values)
             if mapping.listening is None:
                 mapping.listening = yield self._listen(mapping)
-            log.info("port mapper on port {port} applied from the database: {mapping}",
+            log.info("port mapper on port {port} as the database has it: {mapping}",
                      port=public_port, mapping=mapping.as_json())
         except PortUnavailable as e:
             log.error("port mapper on port {port} is not listening on this server: {why}",
