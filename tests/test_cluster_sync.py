@@ -12,7 +12,6 @@ address (127.0.0.2, .3 ...), on a database of the run's private PostgreSQL
 (L{tests.pg}); those are skipped, saying why, where it is absent.
 """
 
-import json
 import os
 import shutil
 import signal
@@ -22,7 +21,6 @@ import tempfile
 import time
 from urllib.parse import quote, unquote
 
-import treq
 
 from twisted.internet import reactor
 from twisted.internet.defer import fail, gatherResults, inlineCallbacks, succeed
@@ -37,7 +35,9 @@ from portmapper.server import tap as server_tap
 from portmapper.server.core import PortMapperServer, differences
 from portmapper.server.store import sqlite
 from tests import pg
-from tests.e2e import TOKEN, Backend, Echo, in_thread, recv_exactly, start_client, wait_for
+from tests.e2e import (
+    TOKEN, Backend, Echo, Running, in_thread, recv_exactly, start_client, wait_for,
+)
 from tests.test_store import channel
 
 log = Logger()
@@ -274,10 +274,10 @@ def roundtrip(host, port, data):
     return got
 
 
-class Node:
+class Node(Running):
     """A server as twistd builds it, on loopback address ``host``, on the database at ``url``."""
 
-    def __init__(self, testcase, url, host):
+    def __init__(self, testcase, url, host):  # Running's, on another address
         self.testcase = testcase
         self.host = host
         options = server_tap.Options()
@@ -291,22 +291,9 @@ class Node:
 
     @inlineCallbacks
     def start(self):
-        self.testcase.addCleanup(self.stop)
-        self.service.startService()
-        ports = yield self.service.ready
-        self.admin = f"http://{self.host}:{ports['admin'].getHost().port}"
+        yield super().start()
+        self.admin = self.admin.replace("127.0.0.1", self.host, 1)
         return self
-
-    def stop(self):
-        if self.service.running:
-            return self.service.stopService()
-        return None
-
-    @inlineCallbacks
-    def api(self, method, path, **params):
-        """Call the admin API; return (status, decoded JSON body)."""
-        response = yield treq.request(method, self.admin + path, params=params, persistent=False)
-        return response.code, json.loads((yield treq.content(response)))
 
     def mapping(self, port):
         """This node's live mapping of ``port`` (None if none)."""
@@ -443,7 +430,7 @@ class OutageCase(ClusterCase):
 
     @inlineCallbacks
     def carried(self, node):
-        """A client linked to ``node``, an echo backend mapped on it: (public port, backend)."""
+        """A client linked to ``node``, an echo backend mapped on it, a credential: (public port, credential id)."""
         start_client(self, None, "--server", f"tcp:host={node.host}:port={node.server.client_port}")
         yield wait_for(lambda: node.server.registry.clients, what="the client")
         echo = Backend(Echo).listen(self)
@@ -451,7 +438,24 @@ class OutageCase(ClusterCase):
         code, body = yield node.api("POST", "/port_mapper", port=str(port), mapper_ip="127.0.0.1",
                                     mapper_port=str(echo))
         self.assertEqual(code, 200, body)
-        return port
+        code, body = yield node.api("POST", "/credential", tag="office")
+        self.assertEqual(code, 200, body)
+        return port, body["credential"]["credential_id"]
+
+    @inlineCallbacks
+    def through_outage(self, node, port, credential_id):
+        """
+        With ``node``'s database unreachable: its API writes are refused, a
+        user is carried on ``port``, whose history waits in memory.  Returns
+        how many bytes the user sent.
+        """
+        yield self.assert_writes_refused(node, port, credential_id, node.server.store._path)
+        data = os.urandom(1 << 20)
+        self.assertEqual((yield in_thread(roundtrip, node.host, port, data)), data)
+        yield wait_for(lambda: not node.server.registry.channels, what="the channel to close")
+        yield wait_for(lambda: node.server.store.unreachable, what="a history write to fail")
+        self.assertTrue(node.server.store._pending.channels)  # waiting in memory, for the retry
+        return len(data)
 
     @inlineCallbacks
     def assert_writes_refused(self, node, port, credential_id, where):
@@ -505,22 +509,14 @@ class PartitionTests(OutageCase):
                  "?application_name=portmapper_node_a")
         (a,) = yield self.nodes("127.0.0.2", url=url_a)
         (b,) = yield self.nodes("127.0.0.3")
-        port = yield self.carried(a)
-        code, body = yield a.api("POST", "/credential", tag="office")
-        credential_id = body["credential"]["credential_id"]
+        port, credential_id = yield self.carried(a)
         yield wait_for(lambda: b.listening(port), what="the mapping on B")
 
         os.remove(link)  # A cannot connect again, and its connections are cut
         killed = self.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                           " WHERE application_name = 'portmapper_node_a'")
         self.assertEqual(killed, 2)  # the store's and the follower's
-        yield self.assert_writes_refused(a, port, credential_id, a.server.store._path)
-
-        data = os.urandom(1 << 20)
-        self.assertEqual((yield in_thread(roundtrip, a.host, port, data)), data)
-        yield wait_for(lambda: not a.server.registry.channels, what="the channel to close")
-        yield wait_for(lambda: a.server.store.unreachable, what="a history write to fail")
-        self.assertTrue(a.server.store._pending.channels)  # waiting in memory, for the retry
+        size = yield self.through_outage(a, port, credential_id)
 
         # B changes a mapping and makes one: A hears neither now.
         code, body = yield b.api("PATCH", "/port_mapper", port=str(port), mapper_port="1")
@@ -535,8 +531,8 @@ class PartitionTests(OutageCase):
         os.symlink(os.path.join(unquote(real), f".s.PGSQL.{pg.SOCKET_PORT}"), link)
         yield wait_for(lambda: a.listening(made) and a.mapping(port).target_port == 1,
                        timeout=10, what="A to reconcile")
-        row = yield self.poll_history(a, len(data))
-        self.assertEqual(row["send_bytes"], len(data))
+        row = yield self.poll_history(a, size)
+        self.assertEqual(row["send_bytes"], size)
         code, body = yield a.api("POST", "/port_mapper", port=str(free_port(a.host, b.host)),
                                  mapper_ip="10.0.0.1", mapper_port="22")
         self.assertEqual(code, 200, body)
@@ -561,21 +557,14 @@ class StoppedDatabaseTests(OutageCase):
     def test_stopped_and_started(self):
         """Users carried while it is down, writes 503, history and other nodes' changes there once back."""
         a, b = yield self.nodes("127.0.0.2", "127.0.0.3")
-        port = yield self.carried(a)
-        code, body = yield a.api("POST", "/credential", tag="office")
-        credential_id = body["credential"]["credential_id"]
+        port, credential_id = yield self.carried(a)
 
         yield in_thread(stop_postgres, self.pg)
-        yield self.assert_writes_refused(a, port, credential_id, a.server.store._path)
-        data = os.urandom(1 << 20)
-        self.assertEqual((yield in_thread(roundtrip, a.host, port, data)), data)
-        yield wait_for(lambda: not a.server.registry.channels, what="the channel to close")
-        yield wait_for(lambda: a.server.store.unreachable, what="a history write to fail")
-        self.assertTrue(a.server.store._pending.channels)  # waiting in memory, for the retry
+        size = yield self.through_outage(a, port, credential_id)
 
         yield in_thread(start_postgres, self.pg)
-        row = yield self.poll_history(a, len(data))
-        self.assertEqual(row["send_bytes"], len(data))
+        row = yield self.poll_history(a, size)
+        self.assertEqual(row["send_bytes"], size)
         self.assertIsNone(a.server.store.unreachable)
         code, body = yield b.api("PATCH", "/port_mapper", port=str(port), mapper_port="7")
         self.assertEqual(code, 200, body)

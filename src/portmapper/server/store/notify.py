@@ -20,7 +20,6 @@ import json
 import os
 import threading
 
-import psycopg
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
