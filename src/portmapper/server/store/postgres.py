@@ -72,6 +72,14 @@ MAPPING_KEYS = ("public_port", "target_ip", "target_port", "tag", "policies")
 #: Seconds to wait for the database to answer a connection.
 CONNECT_TIMEOUT = 10
 
+#: Connection settings (libpq's) that a URL may override: a database gone
+#: silent (a network cut, no reset) is found out within about ten seconds,
+#: by TCP keepalives on an idle connection and a timeout on unacknowledged
+#: sends, instead of leaving a call or the follower waiting for minutes.
+DEFAULTS = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "portmapper",
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+            "keepalives_count": 3, "tcp_user_timeout": 10_000}
+
 #: Advisory lock keys (any two numbers no other user of the database takes).
 SCHEMA_LOCK = 0x706D_0001  # held while the schema is checked or migrated
 PRUNE_LOCK = 0x706D_0002  # held by the one server pruning history at a time
@@ -142,8 +150,7 @@ class Store(sqlite.Store):
 
     def __init__(self, url, reactor, **kwargs):
         super().__init__(describe(url), reactor, **kwargs)
-        self._conninfo = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "portmapper",
-                          **conninfo_to_dict(url)}
+        self._conninfo = {**DEFAULTS, **conninfo_to_dict(url)}
         self._follower = None
         self._suspect = threading.Event()  # set when the follower loses the database
 
