@@ -37,9 +37,12 @@ starts the :class:`.notify.MappingFollower` that hears them.
 The database unreachable
 ------------------------
 If the connection breaks (the database restarted or stopped, the
-connection was killed), the call that finds out fails with
-:class:`~portmapper.errors.DatabaseUnavailable` (one sentence; the admin
-API answers it with 503), and the next call connects again.  History is
+connection was killed, or went silent: see :data:`DEFAULTS`), the call
+that finds out fails with :class:`~portmapper.errors.DatabaseUnavailable`
+(one sentence; the admin API answers it with 503), and the next call
+connects again.  Once the follower has lost the database, the next call
+tests the connection first, so that the first write after the database
+is back does not fail on a connection that died meanwhile.  History is
 not lost meanwhile: a batch that failed so goes back into the pending
 lists and is tried again every :attr:`~.sqlite.Store.retry_delay` seconds.
 
