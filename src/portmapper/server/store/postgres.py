@@ -40,7 +40,12 @@ If the connection breaks (the database restarted or stopped, the
 connection was killed, or went silent: see :data:`DEFAULTS`), the call
 that finds out fails with :class:`~portmapper.errors.DatabaseUnavailable`
 (one sentence; the admin API answers it with 503), and the next call
-connects again.  Once the follower has lost the database, the next call
+connects again.  When the server ended the connection itself, though
+(``pg_terminate_backend``, a restart: :func:`ended_by_server`), nothing of
+the call was done: it is tried once more at once, on a new connection,
+and fails only if that fails too.  A connection cut otherwise may have
+lost the answer to a commit that was made, so such a call is not tried
+again.  Once the follower has lost the database, the next call
 tests the connection first, so that the first write after the database
 is back does not fail on a connection that died meanwhile.  History is
 not lost meanwhile: a batch that failed so goes back into the pending
@@ -137,6 +142,17 @@ def unreachable(error):
         state is None or state.startswith(("08", "57P")))  # connection; shutdown
 
 
+def ended_by_server(error, conn):
+    """
+    Whether ``error`` says the server ended ``conn`` before the statement
+    took effect: ``57P01`` (``pg_terminate_backend``, a fast or smart
+    shutdown), which the server sends only between statements or instead
+    of finishing one, never after a commit it has not answered.
+    """
+    return (isinstance(error, psycopg.OperationalError) and conn is not None and conn.closed
+            and getattr(error, "sqlstate", None) == "57P01")
+
+
 def sentence(error):
     """The first line of a psycopg error's message (the rest points into the SQL)."""
     text = str(error).strip()
@@ -161,19 +177,28 @@ class Store(sqlite.Store):
         return super()._defer(self._call, f, *args)
 
     def _call(self, f, *args):
-        # In the thread: a connection psycopg found broken is replaced first.
+        # In the thread.
         try:
-            if self._suspect.is_set() and f != self._close:
-                self._suspect.clear()
-                self._probe()
-            if self._conn is not None and self._conn.closed and f != self._close:
-                self._conn = self._connect()
-            return f(*args)
+            try:
+                return self._attempt(f, args)
+            except psycopg.OperationalError as e:
+                if f == self._close or not ended_by_server(e, self._conn):
+                    raise
+                return self._attempt(f, args)  # once more, on a new connection
         except psycopg.Error as e:
             if not unreachable(e):
                 raise
             raise DatabaseUnavailable(
                 f"The database {self._path} is unreachable: {sentence(e)}.") from e
+
+    def _attempt(self, f, args):
+        # In the thread: a connection psycopg found broken is replaced first.
+        if self._suspect.is_set() and f != self._close:
+            self._suspect.clear()
+            self._probe()
+        if self._conn is not None and self._conn.closed and f != self._close:
+            self._conn = self._connect()
+        return f(*args)
 
     def _probe(self):
         # In the thread: the follower lost the database, so this connection may
