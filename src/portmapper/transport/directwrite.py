@@ -18,8 +18,9 @@ handling stay Twisted's.  For any other transport they are the transport's
 own methods.
 
 This reads a few of Twisted's attributes (``socket``, ``dataBuffer``,
-``offset``, ``_tempDataLen``, ``_writeDisconnecting``, ``TLS``), checked once
-per transport; a Twisted without them gets the ordinary path.
+``offset``, ``_tempDataLen``, ``_writeDisconnecting``, ``TLS``), checked on
+the first transport of each class (Twisted's ``__init__`` gives every
+instance the same ones); a Twisted without them gets the ordinary path.
 
 ``queued_bytes(transport)`` reads the same queue, plus the kernel's send
 queue where the platform tells it (Linux's ``SIOCOUTQ``), to tell how many
@@ -68,10 +69,22 @@ def _kernel_queued(transport):
         return 0
 
 
+_direct = {}  # transport class -> whether its instances have every attribute of _NEEDED
+
+
+def _writes_directly(transport):
+    """Whether ``transport`` is plain TCP with the attributes we read (known per class)."""
+    cls = type(transport)
+    known = _direct.get(cls)
+    if known is None:
+        known = _direct[cls] = isinstance(transport, tcp.Connection) and all(
+            hasattr(transport, name) for name in _NEEDED)
+    return known
+
+
 def direct_writers(transport):
     """``(write, writeSequence)`` for ``transport``; see the module docstring."""
-    if not isinstance(transport, tcp.Connection) or not all(
-            hasattr(transport, name) for name in _NEEDED):
+    if not _writes_directly(transport):
         return transport.write, transport.writeSequence
 
     t = transport
@@ -87,7 +100,9 @@ def direct_writers(transport):
                 and not getattr(t, "TLS", False))
 
     def write(data):
-        if not idle():
+        # idle(), inline: this runs once per chunk relayed
+        if (t._tempDataLen or t.offset != len(t.dataBuffer) or not t.connected
+                or t.disconnecting or t._writeDisconnecting or getattr(t, "TLS", False)):
             queue_one(data)
             return
         try:
