@@ -28,7 +28,9 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from portmapper.protocol import connection as core
-from portmapper.transport.directwrite import direct_writers, queued_bytes
+from portmapper.transport.directwrite import (
+    direct_writers, lose_write_connection, queued_bytes,
+)
 from portmapper.transport.tune import tune_channel, tune_transport
 
 log = Logger()
@@ -507,7 +509,7 @@ class ChannelEnd(Protocol):
 
     def peerEnded(self):
         self.transport.unregisterProducer()
-        self.transport.loseWriteConnection()
+        lose_write_connection(self.transport)
 
     def peerReset(self, reason):
         self.transport.abortConnection()
