@@ -5,6 +5,7 @@ and hands any other reactor to connectTCP itself.
 """
 
 import socket
+from unittest import SkipTest
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -70,7 +71,7 @@ class ConnectTests(TestCase):
         """The connection carries bytes both ways, the first ones sent at once included, and closes."""
         factory = Dial()
         connector = connect_tcp(reactor, "127.0.0.1", self.listen(), factory, timeout=10)
-        if isinstance(reactor, dial._DYNAMIC_REACTORS):
+        if dial._looks_up_at_each_event(reactor):
             self.assertIsInstance(connector.transport, dial._Client)
         protocol = yield factory.made
         yield wait_for(lambda: bytes(protocol.received) == b"hello ", what="the banner")
@@ -127,3 +128,11 @@ class OtherReactorTests(SynchronousTestCase):
         factory = Dial()
         connect_tcp(memory, "10.0.0.1", 22, factory, timeout=7)
         self.assertEqual(memory.tcpClients, [("10.0.0.1", 22, factory, 7, None)])
+
+    def test_epollReactorKnown(self):
+        """The epoll reactor, where there is one, is among those dialled our way."""
+        try:
+            from twisted.internet.epollreactor import EPollReactor
+        except ImportError:
+            raise SkipTest("no epoll here")
+        self.assertTrue(dial._looks_up_at_each_event(object.__new__(EPollReactor)))  # no epoll fd

@@ -32,20 +32,23 @@ _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _IN_PROGRESS = (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY)
 
 
-def _reactor_types():
-    """The reactor classes that look doRead/doWrite up at each event (those importable here)."""
-    types = []
-    for module, name in (("twisted.internet.epollreactor", "EPollReactor"),
-                         ("twisted.internet.pollreactor", "PollReactor"),
-                         ("twisted.internet.selectreactor", "SelectReactor")):
-        try:
-            types.append(getattr(__import__(module, fromlist=[name]), name))
-        except ImportError:  # no epoll or poll on this platform
-            pass
-    return tuple(types)
+# The reactors that look doRead/doWrite up at each event, by class (not imported
+# here: a process loads only the reactor it runs).
+_DYNAMIC_REACTORS = frozenset({
+    "twisted.internet.epollreactor.EPollReactor",
+    "twisted.internet.pollreactor.PollReactor",
+    "twisted.internet.selectreactor.SelectReactor",
+})
+_dynamic = {}  # reactor class -> whether it or a base is one of _DYNAMIC_REACTORS
 
 
-_DYNAMIC_REACTORS = _reactor_types()
+def _looks_up_at_each_event(reactor):
+    cls = type(reactor)
+    known = _dynamic.get(cls)
+    if known is None:
+        known = _dynamic[cls] = any(f"{c.__module__}.{c.__qualname__}" in _DYNAMIC_REACTORS
+                                    for c in cls.__mro__)
+    return known
 
 
 class _Client(tcp.Client):
@@ -104,7 +107,7 @@ class _Connector(tcp.Connector):
 
 def connect_tcp(reactor, host, port, factory, timeout=30):
     """``reactor.connectTCP(host, port, factory, timeout=timeout)``; see the module docstring."""
-    if not isinstance(reactor, _DYNAMIC_REACTORS):
+    if not _looks_up_at_each_event(reactor):
         return reactor.connectTCP(host, port, factory, timeout=timeout)
     connector = _Connector(host, port, factory, timeout, None, reactor)
     connector.connect()
