@@ -37,6 +37,8 @@ from portmapper.server import console, openapi
 from portmapper.server.meter import MB
 from portmapper.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from portmapper.server.metrics import ServerMetrics
+from portmapper.server.nodes import FanOut
+from portmapper.server.webhooks import http_client
 
 log = Logger()
 
@@ -61,6 +63,19 @@ LIMIT = (_integer(1, MAX_LIMIT), f"an integer from 1 to {MAX_LIMIT}")
 HOST = (validate.host, validate.HOST_RULE)
 TAG = (validate.tag, validate.TAG_RULE)
 NAME = (validate.name, validate.NAME_RULE)
+
+
+
+def _scope(text):
+    if text not in ("node", "cluster"):
+        raise ValueError(text)
+    return text
+
+
+SCOPE = (_scope, "'node' or 'cluster'")
+
+#: The header naming the nodes a ``?scope=cluster`` answer lacks.
+UNANSWERED = b"Portmapper-Unanswered-Nodes"
 
 
 def _policies(request, empty_removes):
