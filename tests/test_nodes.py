@@ -7,6 +7,7 @@ run on the run's private instance (L{tests.pg}) and are skipped, saying
 why, where it is absent.
 """
 
+import json
 import os
 import socket
 import time
@@ -29,6 +30,7 @@ from portmapper.server.store import Store
 from portmapper.server.tap import Options, build
 from tests import pg
 from tests.test_admin import AdminTestCase, FakeServer
+from tests.test_ctl import run_ctl
 from tests.test_store import channel
 
 try:
@@ -527,3 +529,41 @@ class TwoNodesTests(PostgresCase):
         self.assertIsNone(response.headers.getRawHeaders(UNANSWERED))
         _, alone = yield self.get(url_a + "/client_connection")
         self.assertEqual(alone, {})
+
+
+class CtlTests(unittest.SynchronousTestCase):
+    """portmapper-ctl nodes, and --cluster on clients and channels."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.server = FakeServer(self.clock)
+        self.server.other_nodes = [other("node-2", B, alive=False)]
+        self.http = FakeHTTP()
+        self.stub = StubTreq(AdminAPI(self.server, http=self.http).app.resource())
+
+    def run_ctl(self, *argv):
+        d = run_ctl(["--admin", "http://admin", *argv], self.clock, http=self.stub)
+        self.stub.flush()
+        return self.successResultOf(d)
+
+    def test_nodes(self):
+        """`nodes` is a table of every node, the one asked marked, a dead one saying NO."""
+        status, out, err = self.run_ctl("nodes")
+        self.assertEqual((status, err), (0, ""))
+        lines = [line.split() for line in out.splitlines()]
+        self.assertEqual(lines[0][:3], ["NODE", "VERSION", "ADMIN"])
+        self.assertEqual(lines[1][:3], ["node-1", "*", "0.1.0"])
+        self.assertEqual(lines[2][:4], ["node-2", "0.1.0", B, "1111"])
+        self.assertIn("NO", lines[2])
+
+    def test_cluster_flag(self):
+        """--cluster asks for scope=cluster; without it the view is this node's."""
+        self.server.other_nodes = [other("node-2", B)]
+        d = run_ctl(["--admin", "http://admin", "clients", "--cluster", "--json"], self.clock,
+                    http=self.stub)
+        self.http.answer(B + "/client_connection", 200, {"9": {"node": "node-2"}})
+        self.stub.flush()
+        status, out, _ = self.successResultOf(d)
+        self.assertEqual((status, json.loads(out)), (0, {"9": {"node": "node-2"}}))
+        self.run_ctl("channels")
+        self.assertEqual(list(self.http.asked), [B + "/client_connection"])
