@@ -107,7 +107,7 @@ class HeartbeatTests(unittest.SynchronousTestCase):
         self.assertIn("database down", str(self.warnings()[0]["why"]))
         self.store.beats[-1][1].callback([row("a", 0.0)])
         self.assertEqual([e["log_format"] for e in self.events if e["log_level"].name == "info"],
-                         ["node {name}: heartbeat recorded again"])
+                         ["node {node}: heartbeat recorded again"])
         self.store.beats[-1:] = []
         self.clock.advance(1)
         self.store.beats[-1][1].errback(RuntimeError("down again"))

@@ -17,9 +17,8 @@ once (``?scope=cluster`` on ``GET /client_connection`` and ``GET
 
 import urllib.parse
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.defer import DeferredList, TimeoutError, succeed
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 log = Logger()
@@ -53,7 +52,7 @@ def listening_url(address, admin_description):
     return f"{scheme}://{host}:{address.port}"
 
 
-class Heartbeat(Service):
+class Heartbeat(TimerService):
     """
     This node's heartbeat: every ``interval`` seconds of ``clock``, hand
     ``describe()`` (a dict with the store's ``NODE_KEYS``) to
@@ -62,28 +61,18 @@ class Heartbeat(Service):
     """
 
     def __init__(self, name, store, clock, describe, interval=INTERVAL):
-        self.name = name
+        super().__init__(interval, self._beat)  # the first beat at start, then one per interval
+        self.clock = clock
+        self.node = name  # (a service's name is its name among its siblings)
         self._store = store
-        self._clock = clock
         self._describe = describe
-        self._interval = interval
-        self._loop = None
         self._beating = None  # the Deferred of the beat on its way
         self._failing = False  # the last beat failed: logged, not again until one succeeds
         self._rows = []  # every node, as the last good beat gave them
         self._read = None  # clock time of the last good beat
 
-    def startService(self):
-        super().startService()
-        self._loop = LoopingCall(self._beat)
-        self._loop.clock = self._clock
-        self._loop.start(self._interval, now=True)
-
-    def stopService(self):
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        # A beat on its way ends in the store's thread before the store closes.
+    # Stopping stops the beats; a beat on its way ends in the store's thread
+    # before the store (stopped after this service) closes.
 
     def _beat(self):
         if self._beating is not None:
@@ -101,17 +90,17 @@ class Heartbeat(Service):
         self._beating = None
 
     def _beaten(self, rows):
-        self._rows, self._read = rows, self._clock.seconds()
+        self._rows, self._read = rows, self.clock.seconds()
         if self._failing:
             self._failing = False
-            log.info("node {name}: heartbeat recorded again", name=self.name)
+            log.info("node {node}: heartbeat recorded again", node=self.node)
 
     def _failed(self, why):
         if not self._failing:
             self._failing = True
-            log.warn("node {name}: could not record its heartbeat ({why}); trying every"
+            log.warn("node {node}: could not record its heartbeat ({why}); trying every"
                      " {interval:g} s, logged again when it succeeds",
-                     name=self.name, why=getattr(why, "value", why), interval=self._interval)
+                     node=self.node, why=getattr(why, "value", why), interval=self.step)
 
     def nodes(self):
         """
@@ -119,7 +108,7 @@ class Heartbeat(Service):
         ``heartbeat_age`` brought up to now, and ``alive`` (a heartbeat within
         :data:`ALIVE_WITHIN` seconds).  Empty before the first good beat.
         """
-        since = 0.0 if self._read is None else self._clock.seconds() - self._read
+        since = 0.0 if self._read is None else self.clock.seconds() - self._read
         return [{**row, "heartbeat_age": row["heartbeat_age"] + since,
                  "alive": row["heartbeat_age"] + since <= ALIVE_WITHIN} for row in self._rows]
 

@@ -53,7 +53,16 @@ dies.  ``record_channel_open``/``record_client_open`` note a channel or a
 client link when it opens, in the same batches as history; the batch that
 records its close deletes the note.  What a server that died left noted
 is closed by :meth:`Store.close_lost` at the next start, with the time of
-the last batch written before the crash.  So a ``SIGKILL`` loses at most
+the last batch written before the crash.  Each note carries the store's
+``node`` name; SQLite serves one node, so it closes every note, whoever
+wrote it (the PostgreSQL store closes only its own node's and dead nodes').
+
+Nodes
+-----
+:meth:`Store.beat` is a node's heartbeat (see ``server/nodes.py``): it
+upserts the node's row of ``nodes`` and gives back every node known with
+the age of its last heartbeat.  On SQLite that is this node alone, timed
+by the reactor's clock.  So a ``SIGKILL`` loses at most
 what was recorded since the last batch, ``flush_delay`` seconds (or the
 write in flight, if the disk is behind).
 
