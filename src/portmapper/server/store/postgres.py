@@ -20,12 +20,45 @@ starting together on a new database do not race: one creates it, the others
 wait and find it made.  A mapping's port is the primary key of
 ``mappings``: a port taken by one server is taken for all of them.
 
-A lost connection
------------------
-If the connection breaks (the database restarted, the connection was
-killed), the call that finds out fails as any failed call does (a history
-write is logged with what it lost, a query or a mapping change fails), and
-the next call connects again.
+Mappings shared live
+--------------------
+A mapping written by :meth:`Store.insert_mapping` (a plain ``INSERT``: a
+port another server took already is :class:`~portmapper.errors.MappingExists`),
+:meth:`Store.update_mapping` or :meth:`Store.remove_mapping` (no row is
+:class:`~portmapper.errors.UnknownMapping`) is announced, in the same
+transaction, by a ``NOTIFY`` on :data:`.notify.CHANNEL` carrying the port,
+the mapping as written (or null) and the change's *version*: the WAL insert
+position read after the write.  Changes of one port are serialised by its
+row's lock, so their versions grow in the order they commit; a server
+applies a change only if it is newer than what it has, which makes its own
+announcements and stale ones harmless.  :meth:`Store.follow` starts the
+:class:`.notify.Follower` that hears them.
+
+Credentials shared live
+-----------------------
+A credential issued (:meth:`~.sqlite.Store.add_credential`) or revoked
+(:meth:`Store.revoke_credential`) is announced the same way, in the same
+transaction, on :data:`.notify.CREDENTIALS`, with its row as written; the
+same follower hears it.  It needs no version: a credential is issued once
+and revoked for good.  Its ``last_used_time`` is not announced (each server
+knows when its own clients linked).
+
+The database unreachable
+------------------------
+If the connection breaks (the database restarted or stopped, the
+connection was killed, or went silent: see :data:`DEFAULTS`), the call
+that finds out fails with :class:`~portmapper.errors.DatabaseUnavailable`
+(one sentence; the admin API answers it with 503), and the next call
+connects again.  When the server ended the connection itself, though
+(``pg_terminate_backend``, a restart: :func:`ended_by_server`), nothing of
+the call was done: it is tried once more at once, on a new connection,
+and fails only if that fails too.  A connection cut otherwise may have
+lost the answer to a commit that was made, so such a call is not tried
+again.  Once the follower has lost the database, the next call
+tests the connection first, so that the first write after the database
+is back does not fail on a connection that died meanwhile.  History is
+not lost meanwhile: a batch that failed so goes back into the pending
+lists and is tried again every :attr:`~.sqlite.Store.retry_delay` seconds.
 
 Ids and crash notes
 -------------------
@@ -47,11 +80,13 @@ Messages name the database by its URL without the password.
 """
 
 import json
+import threading
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from portmapper.server.store import schema, sqlite
+from portmapper.errors import DatabaseUnavailable, MappingExists, UnknownMapping
+from portmapper.server.store import notify, schema, sqlite
 from portmapper.server.store.sqlite import (
     CLIENT_KEYS, NODE_KEYS, NODE_ROW_KEYS, NOTE, OPEN_CHANNEL_KEYS, OPEN_CLIENT_KEYS, REFUSAL_KEYS,
 )
@@ -60,6 +95,14 @@ MAPPING_KEYS = ("public_port", "target_ip", "target_port", "tag", "policies")
 
 #: Seconds to wait for the database to answer a connection.
 CONNECT_TIMEOUT = 10
+
+#: Connection settings (libpq's) that a URL may override: a database gone
+#: silent (a network cut, no reset) is found out within about ten seconds,
+#: by TCP keepalives on an idle connection and a timeout on unacknowledged
+#: sends, instead of leaving a call or the follower waiting for minutes.
+DEFAULTS = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "portmapper",
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+            "keepalives_count": 3, "tcp_user_timeout": 10_000}
 
 #: Advisory lock keys (any two numbers no other user of the database takes).
 SCHEMA_LOCK = 0x706D_0001  # held while the schema is checked or migrated
@@ -105,6 +148,11 @@ def _lost(table, keys, history):
 
 
 UPSERT_MAPPING = _upsert("mappings", MAPPING_KEYS)
+INSERT_MAPPING = ("INSERT INTO mappings (public_port, target_ip, target_port, tag, policies)"
+                  " VALUES (%(public_port)s, %(target_ip)s, %(target_port)s, %(tag)s, %(policies)s)")
+UPDATE_MAPPING = ("UPDATE mappings SET target_ip = %(target_ip)s, target_port = %(target_port)s,"
+                  " tag = %(tag)s, policies = %(policies)s WHERE public_port = %(public_port)s")
+DELETE_MAPPING = "DELETE FROM mappings WHERE public_port = %(public_port)s"
 UPSERT_CHANNEL = _upsert("channel_history", REFUSAL_KEYS)
 UPSERT_CLIENT = _upsert("client_history", CLIENT_KEYS)
 UPSERT_OPEN_CHANNEL = _upsert("open_channels", OPEN_CHANNEL_KEYS + NOTE)
@@ -124,6 +172,24 @@ def describe(url):
     return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
 
 
+def unreachable(error):
+    """Whether a psycopg error means the database cannot be reached (not that a query is bad)."""
+    state = getattr(error, "sqlstate", None)
+    return isinstance(error, psycopg.OperationalError) and (
+        state is None or state.startswith(("08", "57P")))  # connection; shutdown
+
+
+def ended_by_server(error, conn):
+    """
+    Whether ``error`` says the server ended ``conn`` before the statement
+    took effect: ``57P01`` (``pg_terminate_backend``, a fast or smart
+    shutdown), which the server sends only between statements or instead
+    of finishing one, never after a commit it has not answered.
+    """
+    return (isinstance(error, psycopg.OperationalError) and conn is not None and conn.closed
+            and getattr(error, "sqlstate", None) == "57P01")
+
+
 def sentence(error):
     """The first line of a psycopg error's message (the rest points into the SQL)."""
     text = str(error).strip()
@@ -140,17 +206,48 @@ class Store(sqlite.Store):
 
     def __init__(self, url, reactor, **kwargs):
         super().__init__(describe(url), reactor, **kwargs)
-        self._conninfo = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "portmapper",
-                          **conninfo_to_dict(url)}
+        self._conninfo = {**DEFAULTS, **conninfo_to_dict(url)}
+        self._follower = None
+        self._suspect = threading.Event()  # set when the follower loses the database
 
     def _defer(self, f, *args):
         return super()._defer(self._call, f, *args)
 
     def _call(self, f, *args):
+        # In the thread.
+        try:
+            try:
+                return self._attempt(f, args)
+            except psycopg.OperationalError as e:
+                if f == self._close or not ended_by_server(e, self._conn):
+                    raise
+                return self._attempt(f, args)  # once more, on a new connection
+        except psycopg.Error as e:
+            if not unreachable(e):
+                raise
+            raise DatabaseUnavailable(
+                f"The database {self._path} is unreachable: {sentence(e)}.") from e
+
+    def _attempt(self, f, args):
         # In the thread: a connection psycopg found broken is replaced first.
+        if self._suspect.is_set() and f != self._close:
+            self._suspect.clear()
+            self._probe()
         if self._conn is not None and self._conn.closed and f != self._close:
             self._conn = self._connect()
         return f(*args)
+
+    def _probe(self):
+        # In the thread: the follower lost the database, so this connection may
+        # be dead without knowing it yet; a failed probe marks it closed.
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.execute("SELECT 1")
+            except psycopg.Error:
+                pass
+
+    def _retryable(self, failure):
+        return failure.check(DatabaseUnavailable) is not None
 
     def _connect(self):
         return psycopg.connect(autocommit=True, **self._conninfo)
@@ -190,12 +287,79 @@ class Store(sqlite.Store):
     def _execute(self, sql, args):
         self._conn.execute(sql, args)  # autocommit: one statement, one transaction
 
+    def insert_mapping(self, public_port, target_ip, target_port, tag, policies=None):
+        """Store the new mapping of ``public_port`` and announce it; fire with
+        its version, or fail with MappingExists if the port has a mapping."""
+        return self._defer(self._write_mapping, INSERT_MAPPING, public_port,
+                           (target_ip, target_port, tag, policies or {}))
+
+    def update_mapping(self, public_port, target_ip, target_port, tag, policies=None):
+        """Store the changed mapping of ``public_port`` and announce it; fire with
+        its version, or fail with UnknownMapping if the port has none."""
+        return self._defer(self._write_mapping, UPDATE_MAPPING, public_port,
+                           (target_ip, target_port, tag, policies or {}))
+
+    def remove_mapping(self, public_port):
+        """Delete the mapping of ``public_port`` and announce it; fire with the
+        version, or fail with UnknownMapping if the port has none."""
+        return self._defer(self._write_mapping, DELETE_MAPPING, public_port, None)
+
+    def _write_mapping(self, sql, public_port, mapping):
+        row = {"public_port": public_port}
+        if mapping is not None:
+            row.update(zip(MAPPING_KEYS[1:], (*mapping[:3], json.dumps(mapping[3], sort_keys=True))))
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            try:
+                cursor.execute(sql, row)
+            except psycopg.errors.UniqueViolation:
+                raise MappingExists(public_port) from None
+            if cursor.rowcount == 0:
+                raise UnknownMapping(public_port)
+            # After the write, under its row lock: later changes of the port read more.
+            (version,) = cursor.execute(
+                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").fetchone()
+            cursor.execute("SELECT pg_notify(%s, %s)",
+                           (notify.CHANNEL, notify.payload(public_port, version, mapping)))
+        return version
+
+    def follow(self, mappings, credentials):
+        """
+        Start hearing the mapping and credential changes of every server on
+        the database (this one's too) on a connection and a thread of their
+        own, until :meth:`stop`.  ``mappings`` is ``(changed, reloaded)``:
+        ``changed(public_port, version, mapping)``, with ``mapping``
+        ``(target_ip, target_port, tag, policies)`` or None, and
+        ``reloaded(rows)`` with every mapping as :meth:`load_mappings` gives
+        them, with their policies, each time it (re)connects.
+        ``credentials`` is ``(changed, reloaded)`` too: ``changed(credential)``
+        for each credential issued or revoked, ``reloaded(credentials)``
+        with every one, as :meth:`load_credentials` gives them, each time it
+        (re)connects (before the mappings).  All are called in the reactor
+        thread.
+        """
+        self._follower = notify.Follower(
+            self._connect, self._reactor, mappings, credentials, self.retry_delay,
+            lost=self._suspect.set)
+        self._follower.start()
+
+    def stop(self):
+        """Stop following changes, then as :meth:`.sqlite.Store.stop`."""
+        follower, self._follower = self._follower, None
+        if follower is None:
+            return super().stop()
+        if self._running:  # wake the follower's wait on its connection at once
+            self._defer(self._execute, "SELECT pg_notify(%s, '')",
+                        (follower.wake_channel,)).addErrback(lambda f: None)
+        d = follower.stop()
+        return d.addCallback(lambda _: super(Store, self).stop())
+
     # -- credentials -----------------------------------------------------------
 
     def revoke_credential(self, credential_id):
-        """Mark the credential revoked, for good."""
-        return self._defer(self._execute, "UPDATE credentials SET revoked = 1 WHERE id = %s",
-                           (credential_id,))
+        """Mark the credential revoked, for good, and announce it."""
+        return self._defer(self._announce_credential,
+                           "UPDATE credentials SET revoked = 1 WHERE id = %s"
+                           f" RETURNING {notify.CREDENTIAL_COLUMNS}", (credential_id,))
 
     def credential_used(self, credential_id, when):
         """Record that the credential linked a client at ``when``."""
@@ -204,10 +368,22 @@ class Store(sqlite.Store):
                            (when, credential_id))
 
     def _add_credential(self, name, tag, public_key, created_time):
-        return self._conn.execute(
+        return self._announce_credential(
             "INSERT INTO credentials (name, tag, public_key, created_time)"
-            " VALUES (%s, %s, %s, %s) RETURNING id",
-            (name, tag, public_key, created_time)).fetchone()[0]
+            f" VALUES (%s, %s, %s, %s) RETURNING {notify.CREDENTIAL_COLUMNS}",
+            (name, tag, public_key, created_time))
+
+    def _announce_credential(self, sql, args):
+        # The write, and its announcement in the same transaction: its id, or
+        # None if no row was written.
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            row = cursor.execute(sql, args).fetchone()
+            if row is None:
+                return None
+            found = notify.credential(row)
+            cursor.execute("SELECT pg_notify(%s, %s)",
+                           (notify.CREDENTIALS, notify.credential_payload(found)))
+        return found["credential_id"]
 
     # -- ids -----------------------------------------------------------------
 
