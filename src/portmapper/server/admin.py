@@ -38,7 +38,7 @@ from portmapper.server.meter import MB
 from portmapper.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from portmapper.server.metrics import ServerMetrics
 from portmapper.server.nodes import FanOut
-from portmapper.server.webhooks import http_client
+from portmapper.transport.web import http_client
 
 log = Logger()
 
