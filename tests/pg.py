@@ -103,6 +103,11 @@ class PostgreSQL:
                                stdout=log, stderr=subprocess.STDOUT)
             if initdb.wait(START_TIMEOUT) != 0:
                 self._fail("initdb failed")
+        self.serve()
+
+    def serve(self):
+        """Run ``postgres`` on the data :meth:`start` made; wait (START_TIMEOUT s) until it answers."""
+        with open(self.log, "ab") as log:
             die_with_us = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
             self.process = self._run(
                 "postgres", "-D", self.data, "-k", self.dir, "-p", str(SOCKET_PORT),
@@ -137,6 +142,11 @@ class PostgreSQL:
 
     def stop(self):
         """Stop the server (fast shutdown, then kill) and remove its directory."""
+        self.halt()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def halt(self):
+        """Stop the server (fast shutdown, then kill), keeping its data for :meth:`serve`."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -144,7 +154,6 @@ class PostgreSQL:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(STOP_TIMEOUT)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 _server = None
