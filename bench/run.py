@@ -21,6 +21,7 @@ import argparse
 import os
 import platform
 import resource
+import shlex
 import signal
 import statistics
 import subprocess
@@ -34,6 +35,7 @@ if HERE not in sys.path:
 
 import attr  # noqa: E402
 
+import cluster  # noqa: E402
 import loadgen  # noqa: E402
 import peers  # noqa: E402
 
@@ -317,6 +319,10 @@ def parse_args(argv):
                         help="appended to 'twistd portmapper ...'")
     parser.add_argument("--portmapper-extra-client-args", default="",
                         help="appended to 'twistd portmapper-client ...'")
+    parser.add_argument("--cluster", type=int, default=0, metavar="N",
+                        help="add a table for a cluster of N portmapper nodes "
+                             "(1 to 3) on a private PostgreSQL, one client "
+                             "linked to each (see bench/cluster.py)")
     args = parser.parse_args(argv)
     args.only = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(args.only) - set(PATH_NAMES)
@@ -330,6 +336,8 @@ def parse_args(argv):
     args.settings = Settings(**overrides)
     if args.settings.runs < 1 or args.settings.size_mib < 1:
         parser.error("--runs and --size must be at least 1")
+    if not 0 <= args.cluster <= len(cluster.ADDRESSES):
+        parser.error("--cluster takes 1 to %d nodes" % len(cluster.ADDRESSES))
     return args
 
 
@@ -382,6 +390,15 @@ def main(argv=None):
         extra_lines = moved_lines(running, results)
         for path in running:
             extra_lines.extend(path.extra_lines())
+        cluster_table = None
+        if args.cluster:
+            header, row, cluster_notes = cluster.run(
+                backend_port, twistd, args.cluster, s, log,
+                shlex.split(args.portmapper_extra_server_args),
+                shlex.split(args.portmapper_extra_client_args))
+            if row:
+                cluster_table = markdown_table(header, [row])
+            extra_lines.extend(cluster_notes)
     finally:
         for path in reversed(running):
             path.stop()
@@ -392,7 +409,7 @@ def main(argv=None):
     if "portmapper" in args.only and not args.no_sampler_cost:
         extra_lines.extend(sampler_cost_lines(args.quick))
     report(args, running, results, memory, extra_lines + notes, twistd,
-           time.monotonic() - started_at)
+           time.monotonic() - started_at, cluster_table)
     return 0
 
 
@@ -430,7 +447,7 @@ def sampler_cost_lines(quick):
             for line in out.stdout.splitlines() if line.strip()]
 
 
-def report(args, paths, results, memory, notes, twistd, elapsed):
+def report(args, paths, results, memory, notes, twistd, elapsed, cluster_table=None):
     s = args.settings
     baselines = {}  # delay_ms -> direct's (up, down) over the same delay
     for p in paths:
@@ -447,6 +464,9 @@ def report(args, paths, results, memory, notes, twistd, elapsed):
     rows = [row_cells(p.name, results[p.name], memory.get(p.name),
                       baselines.get(p.delay_ms)) for p in paths]
     print(markdown_table(header, rows))
+    if cluster_table:
+        print()
+        print(cluster_table)
     print()
     print(machine_line(twistd))
     print("Median of %d run(s); %d MiB per 1-stream transfer, %d x %d MiB for "
