@@ -24,7 +24,7 @@ import time
 import treq
 from twisted.internet.defer import inlineCallbacks
 
-from tests.e2e import TOKEN, connect
+from tests.e2e import TOKEN, connect, recv_exactly
 from tests.test_e2e_crash import WAIT, Twistd, poll
 
 ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -134,11 +134,12 @@ def _bindable(address, port):
             return False
 
 
-def time_to_listen(addresses, port, started, timeout=WAIT):
+def time_to_listen(addresses, port, started, listening=True, timeout=WAIT):
     """
     {address: seconds from ``started`` (time.monotonic) until ``port``
-    accepted a connection there}; addresses that never did within
-    ``timeout`` are left out.  Runs in a thread.
+    accepted a connection there (refused one, if not ``listening``)};
+    addresses where that did not happen within ``timeout`` are left out.
+    Runs in a thread.
     """
     found = {}
     deadline = started + timeout
@@ -148,9 +149,11 @@ def time_to_listen(addresses, port, started, timeout=WAIT):
                 continue
             try:
                 socket.create_connection((address, port), timeout=1).close()
-                found[address] = time.monotonic() - started
+                accepted = True
             except OSError:
-                pass
+                accepted = False
+            if accepted == listening:
+                found[address] = time.monotonic() - started
         threading.Event().wait(LISTEN_POLL)  # a poll interval, bounded by the deadline
     return found
 
@@ -166,6 +169,7 @@ class StreamUser:
         self.host = host
         self.port = port
         self.received = 0
+        self.sockname = None  # (ip, port) the server sees, once connected
         self._stop = threading.Event()
 
     def stop(self):
@@ -173,6 +177,7 @@ class StreamUser:
 
     def run(self):
         s = connect(self.port, timeout=WAIT, host=self.host)
+        self.sockname = s.getsockname()
         sent_hash, got_hash = hashlib.sha256(), hashlib.sha256()
         sent = 0
         done = threading.Event()
@@ -214,3 +219,29 @@ class StreamUser:
         reader.join(WAIT)
         s.close()
         return sent, self.received, sent_hash.digest() == got_hash.digest(), bool(failed)
+
+
+def noted_open_channels(database):
+    """The ids of the channels ``database`` notes open, for crash recovery.  Runs in a thread."""
+    import psycopg
+    with psycopg.connect(database, connect_timeout=5) as conn:
+        return {row[0] for row in conn.execute("SELECT channel_id FROM open_channels")}
+
+
+def held_user(host, port):
+    """A user whose channel is open and has carried a ping (its socket, left open)."""
+    s = connect(port, timeout=WAIT, host=host)
+    s.sendall(b"ping")
+    assert recv_exactly(s, 4) == b"ping"
+    return s
+
+
+def echo_user(host, port, size):
+    """A user sending ``size`` random bytes through an echo mapping: (its (ip, port), byte-exact)."""
+    data = os.urandom(size)
+    s = connect(port, timeout=WAIT, host=host)
+    try:
+        s.sendall(data)  # small enough to sit in the socket buffers while it comes back
+        return s.getsockname(), recv_exactly(s, size) == data
+    finally:
+        s.close()

@@ -160,15 +160,20 @@ _server = None
 _start_error = None  # why the run's PostgreSQL did not start: every later test fails with it
 
 
+def require():
+    """Raise ``SkipTest`` saying what is missing where PostgreSQL or psycopg is absent."""
+    missing = _missing()
+    if missing:
+        raise SkipTest(f"PostgreSQL tests skipped: {missing}.")
+
+
 def database():
     """
     The URL of a new, empty database on the run's PostgreSQL (started on
     first use, from the main thread); ``SkipTest`` where it is absent.
     """
     global _server, _start_error
-    missing = _missing()
-    if missing:
-        raise SkipTest(f"PostgreSQL tests skipped: {missing}.")
+    require()
     if _start_error is not None:
         raise RuntimeError(_start_error)
     if _server is None:
