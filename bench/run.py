@@ -2,17 +2,19 @@
 
     /tmp/venv/bin/python bench/run.py [--size MiB] [--runs 3]
         [--only direct,socat,portforward,ssh,portmapper] [--quick]
-        [--tls] [--delay-ms 50]
+        [--tls] [--delay-ms 50] [--cluster 3]
 
 Starts the backend (``backends.py``, its own process) and every selected
 path (``peers.py``), then measures each path with ``loadgen.py``: one-stream
 and 8-stream throughput per direction, 64-byte ping-pong RTT, new
 connections per second, and the tunnel's memory at rest and holding 1,000
-idle connections.  Runs are interleaved (run 1 of every path, then run 2,
-...) and the table shows the median of the runs for each number.  The
-table goes to stdout; progress goes to stderr.
+idle connections; with ``--cluster N``, a second table for N portmapper
+nodes on one PostgreSQL (``cluster.py``).  Runs are interleaved (run 1 of
+every path, then run 2, ...) and the table shows the median of the runs
+for each number.  The tables go to stdout; progress goes to stderr.
 
-Everything talks to 127.0.0.1 only, every loop is bounded in count and in
+Everything talks to 127.0.0.0/8 only (the cluster's nodes are on
+127.0.0.2 to .4, everything else on 127.0.0.1), every loop is bounded in count and in
 time, and every process started is stopped on the way out, also on error,
 Ctrl-C or SIGTERM.
 """
