@@ -17,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial import unittest
 
+from portmapper.errors import DatabaseUnavailable
 from portmapper.server.store import schema, sqlite
 from tests import pg, test_credentials, test_store
 from tests.test_store import READ, channel, client, failing
@@ -244,7 +245,7 @@ class SharedDatabaseTests(PostgresCase):
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()")
         self.assertEqual(killed, 1)
-        yield self.assertFailure(store.load_mappings(), psycopg.OperationalError)
+        yield self.assertFailure(store.load_mappings(), DatabaseUnavailable)
         self.assertEqual((yield store.load_mappings()), [(6000, "10.0.0.1", 22, "lab")])
 
 

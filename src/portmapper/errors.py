@@ -73,3 +73,9 @@ class PortUnavailable(Conflict):
         self.port = port
         self.why = why
 
+
+
+class DatabaseUnavailable(PortMapperError):
+    """The shared database cannot be reached: a write must wait until it is back."""
+
+    status = 503

@@ -19,13 +19,24 @@ Connections refused at accept are counted, not recorded one by one: see
 :meth:`refused`.  Stopping it stops the
 public ports and closes every channel and link; the client port and the
 admin API have stopped before it, the store stops after it.
+
+Mapping writes go to the store first, and change the live state only once
+it took them.  On a database several servers share, the store also tells
+of the mapping changes every server makes (``follow_mappings``, started
+once the stored mappings are back): each is applied here unless this server
+already has something newer (each change has a version, growing per port in
+the order the database took them), and when the store had lost the
+database it hands over every mapping, and what differs is applied.  The
+changes of one port, made here or heard, run one at a time.
 """
 
 from functools import partial
 from types import MappingProxyType
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import (
+    Deferred, DeferredLock, gatherResults, inlineCallbacks, maybeDeferred, succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -45,9 +56,10 @@ from portmapper.server.refusals import Refusals
 from portmapper.server.ratelimit import RateLimiter
 from portmapper.server.registry import (
     CLOSED, CLOSED_BY_ADMIN, CREDENTIAL_REVOKED, DRAINING, MAPPING_DELETED, NO_CLIENT,
-    PROTOCOL_ERROR, SERVER_LOST, SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Credential, IdBlocks,
-    Mapping, Registry,
+    POLICY_NAMES, PROTOCOL_ERROR, SERVER_LOST, SERVER_STOPPED, TARGET_REFUSED, TIMEOUT, Credential,
+    IdBlocks, Mapping, Registry,
 )
+from portmapper.server.store.sqlite import UNVERSIONED
 from portmapper.transport.endpoints import tcp_server_endpoint
 from portmapper.transport.tune import LISTEN_BACKLOG
 
@@ -68,6 +80,21 @@ def _parse_stored(public_port, texts):
     return policies
 
 
+def _state(mapping):
+    """What the store keeps of ``mapping``: ``(target_ip, target_port, tag, policy texts)``."""
+    return mapping.target_ip, mapping.target_port, mapping.tag, mapping.policy_texts()
+
+
+def differences(live, stored):
+    """
+    The ports whose mapping ``live`` (this server's) and ``stored`` (the
+    database's) disagree on, each with the stored state (None: no mapping):
+    ``[(public_port, state), ...]`` by port.  Both map a port to its state.
+    """
+    return [(port, stored.get(port)) for port in sorted(live.keys() | stored.keys())
+            if live.get(port) != stored.get(port)]
+
+
 @implementer(IPortMapperServer, ILinkServer)
 class PortMapperServer(Service):
     """The live state over ``store`` (a started Store), with ``settings`` and ``reactor``;
@@ -84,6 +111,8 @@ class PortMapperServer(Service):
         self.client_port = None  # the port number clients dial, once listening
         self.admin_address = None  # IAddress of the admin API, once listening
         self._creating = set()  # public ports whose creation is under way
+        self._port_locks = {}  # public port -> DeferredLock: its changes, one at a time
+        self._versions = {}  # public port -> version of its last change applied here
         self._drain_waiters = []  # Deferreds of a stop waiting for the channels to end
         self._refusals = Refusals(reactor, settings.refusal_interval, self._record_refusals)
         self._started = None
@@ -113,19 +142,10 @@ class PortMapperServer(Service):
             self.registry.add_credential(Credential(**row))
         policies = yield self.store.load_policies()
         for public_port, target_ip, target_port, tag in (yield self.store.load_mappings()):
-            mapping = Mapping(public_port, target_ip, target_port, tag)
-            self._update(mapping, _parse_stored(public_port, policies.get(public_port, {})))
-            yield self._restore(mapping)
-
-    @inlineCallbacks
-    def _restore(self, mapping):
-        """Listen again on a stored mapping; keep it (not listening) if we can't."""
-        self.registry.mappings[mapping.public_port] = mapping
-        try:
-            mapping.listening = yield self._listen(mapping)
-        except PortUnavailable as e:
-            log.error("stored port mapper on port {port} is not listening: {why}",
-                      port=mapping.public_port, why=e.why)
+            # Listening again; kept (not listening) if it cannot.
+            yield self._apply(public_port, (target_ip, target_port, tag,
+                                            policies.get(public_port, {})))
+        self.store.follow_mappings(self._heard, self._reloaded)
 
     def clientPortListening(self, port):
         """The client port listens on ``port`` (an IListeningPort)."""
@@ -218,9 +238,16 @@ class PortMapperServer(Service):
         else:
             mapping.limiter.set_rate(mapping.rate_limit)
 
-    def _save(self, mapping):
-        return self.store.save_mapping(mapping.public_port, mapping.target_ip, mapping.target_port,
-                                       mapping.tag, mapping.policy_texts())
+    def _serial(self, public_port, f, *args):
+        """Run ``f(*args)`` once every change of ``public_port`` begun before it is done."""
+        lock = self._port_locks.setdefault(public_port, DeferredLock())
+
+        def done(result):
+            if not lock.locked:
+                self._port_locks.pop(public_port, None)
+            return result
+
+        return lock.run(f, *args).addBoth(done)
 
     @inlineCallbacks
     def add_mapping(self, public_port, target_ip, target_port, tag="default", policies=None):
@@ -236,19 +263,27 @@ class PortMapperServer(Service):
         self._update(mapping, policies or {})
         self._creating.add(public_port)
         try:
-            mapping.listening = yield self._listen(mapping)
-            try:
-                yield self._save(mapping)
-            except Exception:
-                yield mapping.listening.stopListening()
-                raise
+            yield self._serial(public_port, self._create, mapping)
         finally:
             self._creating.discard(public_port)
-        self.registry.mappings[public_port] = mapping
         log.info("port mapper created: port {port} -> {ip}:{target_port} (tag {tag})",
                  port=public_port, ip=target_ip, target_port=target_port, tag=tag,
                  policies=mapping.policy_texts())
         return mapping
+
+    @inlineCallbacks
+    def _create(self, mapping):
+        public_port = mapping.public_port
+        if public_port in self.registry.mappings:  # another server's, heard meanwhile
+            raise MappingExists(public_port)
+        mapping.listening = yield self._listen(mapping)
+        try:
+            version = yield self.store.insert_mapping(public_port, *_state(mapping))
+        except Exception:
+            yield mapping.listening.stopListening()
+            raise
+        self._versions[public_port] = version
+        self.registry.mappings[public_port] = mapping
 
     @inlineCallbacks
     def change_mapping(self, public_port, changes):
@@ -256,36 +291,127 @@ class PortMapperServer(Service):
         Change the mapping of ``public_port`` live: ``changes`` maps
         ``target_ip``, ``target_port``, ``tag`` or a policy's name to its new
         value (None removes a policy).  Open channels stay; new ones follow
-        the change.  Persists it; fires with the mapping.
+        the change.  Persists it (first); fires with the mapping.
         """
-        mapping = self.registry.mappings.get(public_port)
-        if mapping is None:
+        if public_port not in self.registry.mappings:
             raise UnknownMapping(public_port)
-        before = {name: getattr(mapping, name) for name in changes}
-        self._update(mapping, changes)
-        try:
-            yield self._save(mapping)
-        except Exception:
-            self._update(mapping, before)
-            raise
+        mapping = yield self._serial(public_port, self._change, public_port, changes)
         log.info("port mapper changed: port {port} is now {mapping}", port=public_port,
                  mapping=mapping.as_json())
         return mapping
 
     @inlineCallbacks
-    def remove_mapping(self, public_port):
-        """Stop listening on ``public_port``, close its channels, forget it."""
-        mapping = self.registry.mappings.pop(public_port, None)
-        if mapping is None:
+    def _change(self, public_port, changes):
+        mapping = self.registry.mappings.get(public_port)
+        if mapping is None:  # deleted by another server meanwhile
             raise UnknownMapping(public_port)
+        wanted = Mapping(public_port, mapping.target_ip, mapping.target_port, mapping.tag,
+                         **mapping.policies())
+        for name, value in changes.items():
+            setattr(wanted, name, value)
+        version = yield self.store.update_mapping(public_port, *_state(wanted))
+        self._versions[public_port] = version
+        self._update(mapping, changes)
+        return mapping
+
+    @inlineCallbacks
+    def remove_mapping(self, public_port):
+        """Forget the mapping of ``public_port`` (first in the store): stop
+        listening on it, close its channels."""
+        if public_port not in self.registry.mappings:
+            raise UnknownMapping(public_port)
+        yield self._serial(public_port, self._remove, public_port)
+        log.info("port mapper deleted: port {port}", port=public_port)
+
+    @inlineCallbacks
+    def _remove(self, public_port):
+        if public_port not in self.registry.mappings:  # deleted by another server meanwhile
+            raise UnknownMapping(public_port)
+        self._versions[public_port] = yield self.store.remove_mapping(public_port)
+        yield self._forget(public_port)
+
+    def _forget(self, public_port):
+        """Stop listening on ``public_port``, close its channels, drop its mapping."""
+        mapping = self.registry.mappings.pop(public_port)
         for channel in self.registry.channels_on_port(public_port):
             channel.user.close(MAPPING_DELETED)
         if mapping.limiter is not None:
             mapping.limiter.stop()
         if mapping.listening is not None:
-            yield mapping.listening.stopListening()
-        yield self.store.delete_mapping(public_port)
-        log.info("port mapper deleted: port {port}", port=public_port)
+            return maybeDeferred(mapping.listening.stopListening)
+        return succeed(None)
+
+    # -- mappings changed by other servers on the same database -----------------
+    # Every change the store announces is heard, this server's own too; the
+    # versions (growing, per port, in the order the changes were committed)
+    # keep a change from undoing a newer one this server has already made.
+
+    def _heard(self, public_port, version, state):
+        """Another server (or this one) changed ``public_port`` to ``state`` at ``version``."""
+        if self.running:
+            self._serial(public_port, self._apply_heard, public_port, version, state)
+
+    def _apply_heard(self, public_port, version, state):
+        if version <= self._versions.get(public_port, UNVERSIONED):
+            return None  # this server has it already, or something newer
+        self._versions[public_port] = version
+        return self._apply(public_port, state)
+
+    def _reloaded(self, rows):
+        """Every mapping in the store (the follower reconnected): apply what differs."""
+        if not self.running:
+            return
+        stored = {row[0]: tuple(row[1:]) for row in rows}
+        live = {port: _state(m) for port, m in self.registry.mappings.items()}
+        changed = dict(differences(live, stored))
+        for port, mapping in self.registry.mappings.items():  # bind again what could not be
+            if mapping.listening is None and port in stored:
+                changed.setdefault(port, stored[port])
+        for public_port in sorted(changed):
+            self._serial(public_port, self._apply_reloaded, public_port, changed[public_port])
+
+    def _apply_reloaded(self, public_port, state):
+        mapping = self.registry.mappings.get(public_port)
+        if mapping is not None and _state(mapping) == state and mapping.listening is not None:
+            return None  # made so meanwhile
+        self._versions[public_port] = UNVERSIONED  # any change heard after is newer
+        return self._apply(public_port, state)
+
+    @inlineCallbacks
+    def _apply(self, public_port, state):
+        """Make this server's mapping of ``public_port`` ``state`` (``(target_ip,
+        target_port, tag, policy texts)``, None for none), as stored; never fails.
+        A port it cannot listen on is logged, and the mapping kept, not listening."""
+        mapping = self.registry.mappings.get(public_port)
+        if not self.running:  # stopped while this waited for the port: listen on nothing new
+            return
+        try:
+            if state is None:
+                if mapping is not None:
+                    yield self._forget(public_port)
+                    log.info("port mapper deleted by another server: port {port}",
+                             port=public_port)
+                return
+            target_ip, target_port, tag, texts = state
+            values = {name: None for name in POLICY_NAMES}
+            values.update(_parse_stored(public_port, texts))
+            values.update(target_ip=target_ip, target_port=target_port, tag=tag)
+            if mapping is None:
+                mapping = Mapping(public_port, target_ip, target_port, tag)
+                self._update(mapping, values)
+                self.registry.mappings[public_port] = mapping
+            else:
+                self._update(mapping, values)
+            if mapping.listening is None:
+                mapping.listening = yield self._listen(mapping)
+            log.info("port mapper on port {port} as the database has it: {mapping}",
+                     port=public_port, mapping=mapping.as_json())
+        except PortUnavailable as e:
+            log.error("port mapper on port {port} is not listening on this server: {why}",
+                      port=public_port, why=e.why)
+        except Exception:
+            log.failure("could not apply the port mapper on port {port} from the database",
+                        port=public_port)
 
     # -- clients and channels -------------------------------------------------
 
@@ -461,12 +587,12 @@ class PortMapperServer(Service):
         credential = self.registry.credentials.get(credential_id)
         if credential is None or credential.revoked:
             raise UnknownCredential(credential_id)
+        yield self.store.revoke_credential(credential_id)  # first: it may be unreachable
         credential.revoked = True
         for session in list(self.registry.clients.values()):
             if session.credential_id == credential_id:
                 session.closing(CREDENTIAL_REVOKED)
                 session.link.close("credential revoked")
-        yield self.store.revoke_credential(credential_id)
         log.info("credential {credential_id} revoked", credential_id=credential_id)
 
     # -- history --------------------------------------------------------------

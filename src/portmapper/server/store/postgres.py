@@ -20,12 +20,28 @@ starting together on a new database do not race: one creates it, the others
 wait and find it made.  A mapping's port is the primary key of
 ``mappings``: a port taken by one server is taken for all of them.
 
-A lost connection
------------------
-If the connection breaks (the database restarted, the connection was
-killed), the call that finds out fails as any failed call does (a history
-write is logged with what it lost, a query or a mapping change fails), and
-the next call connects again.
+Mappings shared live
+--------------------
+A mapping written by :meth:`Store.insert_mapping` (a plain ``INSERT``: a
+port another server took already is :class:`~portmapper.errors.MappingExists`),
+:meth:`Store.update_mapping` or :meth:`Store.remove_mapping` (no row is
+:class:`~portmapper.errors.UnknownMapping`) is announced, in the same
+transaction, by a ``NOTIFY`` on :data:`.notify.CHANNEL` carrying the port,
+the mapping as written (or null) and the change's *version*: the WAL insert
+position read after the write.  Changes of one port are serialised by its
+row's lock, so their versions grow in the order they commit; a server
+applies a change only if it is newer than what it has, which makes its own
+announcements and stale ones harmless.  :meth:`Store.follow_mappings`
+starts the :class:`.notify.MappingFollower` that hears them.
+
+The database unreachable
+------------------------
+If the connection breaks (the database restarted or stopped, the
+connection was killed), the call that finds out fails with
+:class:`~portmapper.errors.DatabaseUnavailable` (one sentence; the admin
+API answers it with 503), and the next call connects again.  History is
+not lost meanwhile: a batch that failed so goes back into the pending
+lists and is tried again every :attr:`~.sqlite.Store.retry_delay` seconds.
 
 Ids and crash notes
 -------------------
@@ -40,11 +56,13 @@ Messages name the database by its URL without the password.
 """
 
 import json
+import threading
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from portmapper.server.store import schema, sqlite
+from portmapper.errors import DatabaseUnavailable, MappingExists, UnknownMapping
+from portmapper.server.store import notify, schema, sqlite
 from portmapper.server.store.sqlite import (
     CLIENT_KEYS, OPEN_CHANNEL_KEYS, OPEN_CLIENT_KEYS, REFUSAL_KEYS,
 )
@@ -80,6 +98,11 @@ def _lost(table, keys, history):
 
 
 UPSERT_MAPPING = _upsert("mappings", MAPPING_KEYS)
+INSERT_MAPPING = ("INSERT INTO mappings (public_port, target_ip, target_port, tag, policies)"
+                  " VALUES (%(public_port)s, %(target_ip)s, %(target_port)s, %(tag)s, %(policies)s)")
+UPDATE_MAPPING = ("UPDATE mappings SET target_ip = %(target_ip)s, target_port = %(target_port)s,"
+                  " tag = %(tag)s, policies = %(policies)s WHERE public_port = %(public_port)s")
+DELETE_MAPPING = "DELETE FROM mappings WHERE public_port = %(public_port)s"
 UPSERT_CHANNEL = _upsert("channel_history", REFUSAL_KEYS)
 UPSERT_CLIENT = _upsert("client_history", CLIENT_KEYS)
 UPSERT_OPEN_CHANNEL = _upsert("open_channels", OPEN_CHANNEL_KEYS)
@@ -94,6 +117,13 @@ def describe(url):
     user = f"{info['user']}@" if info.get("user") else ""
     port = f":{info['port']}" if info.get("port") else ""
     return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
+
+
+def unreachable(error):
+    """Whether a psycopg error means the database cannot be reached (not that a query is bad)."""
+    state = getattr(error, "sqlstate", None)
+    return isinstance(error, psycopg.OperationalError) and (
+        state is None or state.startswith(("08", "57P")))  # connection; shutdown
 
 
 def sentence(error):
@@ -114,15 +144,38 @@ class Store(sqlite.Store):
         super().__init__(describe(url), reactor, **kwargs)
         self._conninfo = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "portmapper",
                           **conninfo_to_dict(url)}
+        self._follower = None
+        self._suspect = threading.Event()  # set when the follower loses the database
 
     def _defer(self, f, *args):
         return super()._defer(self._call, f, *args)
 
     def _call(self, f, *args):
         # In the thread: a connection psycopg found broken is replaced first.
-        if self._conn is not None and self._conn.closed and f != self._close:
-            self._conn = self._connect()
-        return f(*args)
+        try:
+            if self._suspect.is_set() and f != self._close:
+                self._suspect.clear()
+                self._probe()
+            if self._conn is not None and self._conn.closed and f != self._close:
+                self._conn = self._connect()
+            return f(*args)
+        except psycopg.Error as e:
+            if not unreachable(e):
+                raise
+            raise DatabaseUnavailable(
+                f"The database {self._path} is unreachable: {sentence(e)}.") from e
+
+    def _probe(self):
+        # In the thread: the follower lost the database, so this connection may
+        # be dead without knowing it yet; a failed probe marks it closed.
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.execute("SELECT 1")
+            except psycopg.Error:
+                pass
+
+    def _retryable(self, failure):
+        return failure.check(DatabaseUnavailable) is not None
 
     def _connect(self):
         return psycopg.connect(autocommit=True, **self._conninfo)
@@ -161,6 +214,67 @@ class Store(sqlite.Store):
 
     def _execute(self, sql, args):
         self._conn.execute(sql, args)  # autocommit: one statement, one transaction
+
+    def insert_mapping(self, public_port, target_ip, target_port, tag, policies=None):
+        """Store the new mapping of ``public_port`` and announce it; fire with
+        its version, or fail with MappingExists if the port has a mapping."""
+        return self._defer(self._write_mapping, INSERT_MAPPING, public_port,
+                           (target_ip, target_port, tag, policies or {}))
+
+    def update_mapping(self, public_port, target_ip, target_port, tag, policies=None):
+        """Store the changed mapping of ``public_port`` and announce it; fire with
+        its version, or fail with UnknownMapping if the port has none."""
+        return self._defer(self._write_mapping, UPDATE_MAPPING, public_port,
+                           (target_ip, target_port, tag, policies or {}))
+
+    def remove_mapping(self, public_port):
+        """Delete the mapping of ``public_port`` and announce it; fire with the
+        version, or fail with UnknownMapping if the port has none."""
+        return self._defer(self._write_mapping, DELETE_MAPPING, public_port, None)
+
+    def _write_mapping(self, sql, public_port, mapping):
+        row = {"public_port": public_port}
+        if mapping is not None:
+            row.update(zip(MAPPING_KEYS[1:], (*mapping[:3], json.dumps(mapping[3], sort_keys=True))))
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            try:
+                cursor.execute(sql, row)
+            except psycopg.errors.UniqueViolation:
+                raise MappingExists(public_port) from None
+            if cursor.rowcount == 0:
+                raise UnknownMapping(public_port)
+            # After the write, under its row lock: later changes of the port read more.
+            (version,) = cursor.execute(
+                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint").fetchone()
+            cursor.execute("SELECT pg_notify(%s, %s)",
+                           (notify.CHANNEL, notify.payload(public_port, version, mapping)))
+        return version
+
+    def follow_mappings(self, changed, reloaded):
+        """
+        Start hearing the mapping changes of every server on the database
+        (this one's too) on a connection and a thread of their own, until
+        :meth:`stop`: ``changed(public_port, version, mapping)``, with
+        ``mapping`` ``(target_ip, target_port, tag, policies)`` or None,
+        and ``reloaded(rows)`` with every mapping as :meth:`load_mappings`
+        gives them, with their policies, each time it (re)connects.  Both
+        are called in the reactor thread.
+        """
+        self._follower = notify.MappingFollower(
+            self._connect, self._reactor, changed, reloaded, self.retry_delay,
+            lost=self._suspect.set)
+        self._follower.start()
+
+    def stop(self):
+        """Stop following mapping changes, then as :meth:`.sqlite.Store.stop`."""
+        follower, self._follower = self._follower, None
+        if follower is None:
+            return super().stop()
+        if self._running:  # wake the follower's wait on its connection at once
+            self._defer(self._execute, "SELECT pg_notify(%s, '')",
+                        (follower.wake_channel,)).addErrback(lambda f: None)
+        d = follower.stop()
+        return d.addCallback(lambda _: super(Store, self).stop())
 
     # -- credentials -----------------------------------------------------------
 

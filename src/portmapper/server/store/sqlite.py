@@ -32,7 +32,8 @@ pending.  At most one such automatic write is in flight: rows recorded
 meanwhile wait and go together in the next one, so a slow disk makes the
 batches bigger rather than queueing work without limit.  If the disk is
 stuck, a pending list longer than :attr:`Store.max_pending` loses its
-oldest rows, with a warning that says how many.  Queries, ``last_ids`` and
+oldest rows, with a warning that says how many (:attr:`Store.dropped`
+counts them all).  Queries, ``last_ids`` and
 ``stop`` first hand over whatever is pending, so they see every record made
 before them.
 
@@ -40,7 +41,20 @@ After each write, history older than ``history_max_age`` seconds (by
 ``close_time``, against ``reactor.seconds()``) or beyond the
 ``history_max_rows`` newest rows is deleted.  A write that fails (disk
 error, bad record) is logged with the number of rows lost; it never raises
-into the reactor and later writes go on.
+into the reactor and later writes go on.  A backend whose database can be
+unreachable for a while (PostgreSQL) says which failures are worth waiting
+out (:meth:`Store._retryable`): the rows of such a failed batch go back,
+ahead of the newer ones, into the pending lists (within their bound), and
+the next try is :attr:`Store.retry_delay` seconds later, until one
+succeeds.  SQLite's never are.
+
+Mappings
+--------
+The server writes its mappings with :meth:`Store.insert_mapping`,
+:meth:`Store.update_mapping` and :meth:`Store.remove_mapping`, which fire
+with the change's *version* (always 0 here: only a shared database orders
+changes made by several servers) and :meth:`Store.follow_mappings`, which
+with one server has nothing to follow.
 
 The highest ids ever written are kept in a small table of their own, so
 :meth:`Store.last_ids` stays right even after pruning has deleted every row.
@@ -78,6 +92,9 @@ from twisted.python.threadpool import ThreadPool
 from portmapper.server.store import schema
 
 log = Logger()
+
+#: The version of every mapping change in a store no other server shares.
+UNVERSIONED = 0
 
 CHANNEL_KEYS = (
     "channel_id", "port", "ip", "user_port", "client_id", "target_ip",
@@ -156,6 +173,9 @@ class Store:
     #: The query parameter mark of the database's driver.
     PARAM = "?"
 
+    #: Seconds between tries to write history whose write could be retried.
+    retry_delay = 1.0
+
     def __init__(self, path, reactor, history_max_rows=100_000,
                  history_max_age=30 * 86400, flush_delay=0.5, batch_size=1000):
         self._path = os.fspath(path)
@@ -172,6 +192,9 @@ class Store:
         self._pending = _Batch(None, None)  # records not yet handed to the thread
         self._timer = None  # DelayedCall of the next automatic flush
         self._writing = 0  # history writes handed to the thread, not yet done
+        self._retry = None  # DelayedCall of the next try after a failure worth retrying
+        self._unreachable = None  # why the last write failed in a way worth retrying
+        self.dropped = 0  # history records dropped because the pending lists were full
 
     def _defer(self, f, *args):
         return deferToThreadPool(self._reactor, self._pool, f, *args)
@@ -270,6 +293,28 @@ class Store:
         """Forget the mapping of ``public_port`` (nothing if there is none)."""
         return self._defer(self._execute, "DELETE FROM mappings WHERE public_port = ?",
                            (public_port,))
+
+    def insert_mapping(self, public_port, target_ip, target_port, tag, policies=None):
+        """Store the new mapping of ``public_port``; fire with the change's version."""
+        d = self.save_mapping(public_port, target_ip, target_port, tag, policies)
+        return d.addCallback(lambda _: UNVERSIONED)
+
+    def update_mapping(self, public_port, target_ip, target_port, tag, policies=None):
+        """Store the changed mapping of ``public_port``; fire with the change's version."""
+        d = self.save_mapping(public_port, target_ip, target_port, tag, policies)
+        return d.addCallback(lambda _: UNVERSIONED)
+
+    def remove_mapping(self, public_port):
+        """Forget the mapping of ``public_port``; fire with the change's version."""
+        return self.delete_mapping(public_port).addCallback(lambda _: UNVERSIONED)
+
+    def follow_mappings(self, changed, reloaded):
+        """
+        Have ``changed(public_port, version, mapping)`` called for every
+        mapping change other servers make, and ``reloaded(rows)`` with every
+        mapping when they may have been missed.  No other server writes
+        this database, so there is nothing to follow.
+        """
 
     def _load_mappings(self):
         return self._conn.execute(
@@ -395,12 +440,13 @@ class Store:
         # Drop a tenth at once so that the cost of the ``del`` is amortised.
         count = len(rows) - self.max_pending * 9 // 10
         del rows[:count]
+        self.dropped += count
         log.warn("History database is not keeping up: dropped the {count} oldest"
                  " pending {kind} records", count=count, kind=kind)
 
     def _schedule(self):
         """Flush now, later, or after the write in flight: whichever applies."""
-        if not self._running or self._writing:
+        if not self._running or self._writing or self._retry is not None:
             return
         pending = len(self._pending)
         if pending >= self._batch_size:
@@ -410,10 +456,10 @@ class Store:
 
     def _flush(self):
         """Hand every pending record to the thread, as one transaction."""
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._retry):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._retry = None
         if not self._running or not len(self._pending):
             return
         now = self._reactor.seconds()
@@ -421,11 +467,44 @@ class Store:
         batch.now, batch.cutoff = now, now - self._max_age
         self._writing += 1
         d = self._defer(self._write, batch)
-        d.addErrback(lambda f: log.failure(
-            "Could not write {channels} channel and {clients} client history records"
-            " to {path}", f, channels=len(batch.channels), clients=len(batch.clients),
-            path=self._path))
+        d.addCallbacks(self._wrote, self._write_failed, errbackArgs=(batch,))
         d.addBoth(self._written)
+
+    def _wrote(self, _):
+        if self._unreachable is not None:
+            self._unreachable = None
+            log.info("{path} is reachable again: the history that waited for it is written"
+                     " ({dropped} record(s) dropped since this server started, for want of room)",
+                     path=self._path, dropped=self.dropped)
+
+    def _write_failed(self, failure, batch):
+        if not (self._running and self._retryable(failure)):
+            log.failure("Could not write {channels} channel and {clients} client history records"
+                        " to {path}", failure, channels=len(batch.channels),
+                        clients=len(batch.clients), path=self._path)
+            return
+        for kind, rows in (("channel", "channels"), ("client", "clients"),
+                           ("open channel", "open_channels"), ("open client", "open_clients")):
+            merged = getattr(batch, rows) + getattr(self._pending, rows)  # oldest first
+            if len(merged) > self.max_pending:
+                self._drop(merged, kind)
+            setattr(self._pending, rows, merged)
+        if self._unreachable is None:
+            log.warn("{why} History waits in memory (at most {bound} records of each kind)"
+                     " and is written when the database is back; trying every {delay:g} s.",
+                     why=str(failure.value), bound=self.max_pending, delay=self.retry_delay)
+        self._unreachable = str(failure.value)
+        self._retry = self._reactor.callLater(self.retry_delay, self._flush)
+
+    @property
+    def unreachable(self):
+        """Why the last history write failed in a way worth retrying (the
+        database is unreachable), or None once one has succeeded since."""
+        return self._unreachable
+
+    def _retryable(self, failure):
+        """Whether a history write that failed so should be tried again (never, for SQLite)."""
+        return False
 
     def _written(self, _):
         self._writing -= 1
