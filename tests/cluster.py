@@ -8,8 +8,8 @@ takes back the client port it had, so the client finds it again.
 
 Users are blocking sockets in threads: :class:`StreamUser` streams through
 a mapping until told to stop and checks what comes back byte for byte;
-:func:`time_to_listen` times how long a new mapping takes to listen on
-every node.
+:func:`time_until` times how long a mapping change takes to reach every
+node.
 """
 
 import hashlib
@@ -134,28 +134,39 @@ def _bindable(address, port):
             return False
 
 
-def time_to_listen(addresses, port, started, listening=True, timeout=WAIT):
+def time_until(addresses, ready, started, timeout=WAIT):
     """
-    {address: seconds from ``started`` (time.monotonic) until ``port``
-    accepted a connection there (refused one, if not ``listening``)};
-    addresses where that did not happen within ``timeout`` are left out.
-    Runs in a thread.
+    {address: seconds from ``started`` (time.monotonic) until
+    ``ready(address)`` first said yes}; addresses where it never did within
+    ``timeout`` are left out.  Runs in a thread.
     """
     found = {}
     deadline = started + timeout
     while len(found) < len(addresses) and time.monotonic() < deadline:
         for address in addresses:
-            if address in found:
-                continue
-            try:
-                socket.create_connection((address, port), timeout=1).close()
-                accepted = True
-            except OSError:
-                accepted = False
-            if accepted == listening:
+            if address not in found and ready(address):
                 found[address] = time.monotonic() - started
         threading.Event().wait(LISTEN_POLL)  # a poll interval, bounded by the deadline
     return found
+
+
+def accepts(address, port):
+    """Whether ``port`` accepts a connection on ``address`` now."""
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def first_answer(address, port):
+    """The first byte a user sending one byte through ``port`` on ``address`` gets back (b"" if none)."""
+    try:
+        with socket.create_connection((address, port), timeout=5) as s:
+            s.sendall(b"?")
+            return s.recv(1)
+    except OSError:
+        return b""
 
 
 class StreamUser:
