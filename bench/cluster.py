@@ -24,9 +24,9 @@ import os
 import socket
 import statistics
 import sys
-import threading
 import time
 import unittest
+from concurrent.futures import ThreadPoolExecutor
 
 import loadgen
 import peers
@@ -179,25 +179,11 @@ class Cluster(peers.Path):
 
     def spread(self, function, streams, nbytes, limit):
         """``streams`` transfers through each node at once, as one Parallel."""
-        groups = [None] * len(self.addresses)
-        errors = []
-
-        def group(i):
-            try:
-                groups[i] = loadgen.parallel(function, (self.addresses[i], self.port),
-                                             streams, nbytes, limit)
-            except loadgen.MeasurementError as e:
-                errors.append(e)
-
-        threads = [threading.Thread(target=group, args=(i,), daemon=True)
-                   for i in range(len(self.addresses))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return loadgen.Parallel([t for g in groups for t in g.transfers])
+        with ThreadPoolExecutor(len(self.addresses)) as pool:
+            groups = list(pool.map(
+                lambda address: loadgen.parallel(function, (address, self.port), streams,
+                                                 nbytes, limit), self.addresses))
+        return loadgen.Parallel([t for group in groups for t in group.transfers])
 
     def stop(self):
         super().stop()
