@@ -33,6 +33,7 @@ from portmapper.config import ServerSettings
 from portmapper.errors import DatabaseUnavailable, UnknownMapping
 from portmapper.server import tap as server_tap
 from portmapper.server.core import PortMapperServer, differences
+from portmapper.server.registry import IdBlocks
 from portmapper.server.store import sqlite
 from tests import pg
 from tests.e2e import (
@@ -148,6 +149,24 @@ class RetryBufferTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertEqual(self.store.tries, 1)
         self.assertEqual(len(self.flushLoggedErrors(DatabaseUnavailable)), 1)
+
+
+class OutageLogTests(SynchronousTestCase):
+    """What the database being unreachable costs the log: one sentence, never a traceback."""
+
+    def test_id_block_one_line(self):
+        """Ids that could not be reserved are one warning with the database's sentence."""
+        why = "The database postgresql:///x is unreachable: connection refused."
+        answers = [succeed(1)] + [fail(DatabaseUnavailable(why)) for _ in range(3)] + [succeed(9)]
+        blocks = IdBlocks("channel ids", lambda size: answers.pop(0), size=4)
+        warned = logged(self, "Could not reserve")
+        blocks.start()
+        self.assertEqual([blocks.take(), blocks.take()], [1, 2])  # half used: the next is asked for
+        self.assertEqual([blocks.take(), blocks.take()], [3, 4])  # asked again at each take
+        self.assertEqual([str(event["why"]) for event in warned], [why])  # one line
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertIsNone(blocks.take())  # used up: this take asks again, and the database is back
+        self.assertEqual(blocks.take(), 9)
 
 
 class SharedStore:

@@ -44,7 +44,8 @@ from zope.interface import implementer
 
 from portmapper import validate
 from portmapper.errors import (
-    MappingExists, PortUnavailable, UnknownChannel, UnknownClient, UnknownCredential, UnknownMapping,
+    DatabaseUnavailable, MappingExists, PortUnavailable, UnknownChannel, UnknownClient,
+    UnknownCredential, UnknownMapping,
 )
 from portmapper.protocol import auth
 from portmapper.server.interfaces import IPortMapperServer
@@ -78,6 +79,14 @@ def _parse_stored(public_port, texts):
             log.error("stored policy {name}={text!r} of port {port} is ignored: {why}",
                       name=name, text=text, port=public_port, why=e)
     return policies
+
+
+def _log_failure(failure, text, **fields):
+    """Log ``text`` and why: the one sentence of an unreachable database, else the traceback."""
+    if failure.check(DatabaseUnavailable):
+        log.warn(text + ": {why}", why=failure.value, **fields)
+    else:
+        log.failure(text, failure, **fields)
 
 
 def _state(mapping):
@@ -429,8 +438,8 @@ class PortMapperServer(Service):
             session.credential_id = credential.credential_id
             credential.last_used_time = now
             self.store.credential_used(credential.credential_id, now).addErrback(
-                lambda f: log.failure("could not record the use of credential {credential_id}",
-                                      f, credential_id=credential.credential_id))
+                _log_failure, "could not record the use of credential {credential_id}",
+                credential_id=credential.credential_id)
         log.info("client {client_id} connected from {ip}:{port} with tag {tag}"
                  " (credential {credential_id})", client_id=session.client_id, ip=ip, port=port,
                  tag=tag, credential_id=session.credential_id)

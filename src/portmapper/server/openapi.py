@@ -114,6 +114,7 @@ _WHEN = {
     404: "The id, port or file named is not known.",
     409: "The port is already mapped, or cannot be listened on.",
     500: "A fault of the server; details in its log.",
+    503: "The server's PostgreSQL database cannot be reached; nothing was changed.",
 }
 
 
@@ -146,10 +147,11 @@ def operation(summary, params=(), required=(), ok=None, errors=(401, 500), ok_re
     return op
 
 
-def removal(summary, name, schema):
-    """An operation that acts on the one thing its required parameter ``name`` names."""
+def removal(summary, name, schema, stored=False):
+    """An operation that acts on the one thing its required parameter ``name``
+    names (``stored``: in the database, so it may answer 503)."""
     return operation(summary, params=[(name, schema)], required=(name,), ok=ref("Success"),
-                     errors=(400, 401, 404, 500))
+                     errors=(400, 401, 404, 500, 503) if stored else (400, 401, 404, 500))
 
 
 OPERATIONS = {
@@ -177,15 +179,16 @@ OPERATIONS = {
         "Map a public port to a target that a client with the tag can reach; listens at once.",
         params=[("port", PORT), ("mapper_ip", HOST), ("mapper_port", PORT),
                 ("mapper_tag", {**TAG, "default": "default"}), *_POLICY_PARAMS],
-        required=("port", "mapper_ip", "mapper_port"), ok=ref("Created"), errors=(400, 401, 409, 500)),
+        required=("port", "mapper_ip", "mapper_port"), ok=ref("Created"), errors=(400, 401, 409, 500, 503)),
     ("PATCH", "/port_mapper"): operation(
         "Change a mapping's target, tag or policies live (an empty value removes a policy);"
         " open channels stay.",
         params=[("port", PORT), ("mapper_ip", HOST), ("mapper_port", PORT), ("mapper_tag", TAG),
                 *_POLICY_PARAMS],
-        required=("port",), ok=ref("Created"), errors=(400, 401, 404, 409, 500)),
+        required=("port",), ok=ref("Created"), errors=(400, 401, 404, 409, 500, 503)),
     ("DELETE", "/port_mapper"): removal(
-        "Stop listening on a public port, close its channels, forget the mapping.", "port", PORT),
+        "Stop listening on a public port, close its channels, forget the mapping.", "port", PORT,
+        stored=True),
     ("GET", "/client_connection"): operation(
         "The connected clients, or only the one given.",
         params=[("client_id", ID)], ok=ref("Clients"), errors=(400, 401, 404, 500)),
@@ -194,16 +197,16 @@ OPERATIONS = {
     ("GET", "/client_history"): operation(
         "Closed client links, newest first.",
         params=[("client_id", ID), ("limit", LIMIT), ("before", ID)], ok=ref("ClientHistory"),
-        errors=(400, 401, 500)),
+        errors=(400, 401, 500, 503)),
     ("POST", "/credential"): operation(
         "Issue a credential for one client and tag; the token is in this answer only.",
         params=[("tag", TAG), ("name", {"type": "string", "minLength": 1, "maxLength": 64})],
-        required=("tag",), ok=ref("Issued"), errors=(400, 401, 500)),
+        required=("tag",), ok=ref("Issued"), errors=(400, 401, 500, 503)),
     ("GET", "/credential"): operation(
         "Every credential issued (never a token), keyed by credential_id.", ok=ref("Credentials")),
     ("DELETE", "/credential"): removal(
         "Revoke a credential: its clients are dropped now and it is refused from then on.",
-        "credential_id", ID),
+        "credential_id", ID, stored=True),
     ("GET", "/channel"): operation(
         "Open channels grouped by public port (or one port's); with channel_id, that channel's details.",
         params=[("port", PORT), ("channel_id", ID)],
@@ -212,7 +215,7 @@ OPERATIONS = {
     ("GET", "/channel_history"): operation(
         "Closed channels, newest first, filtered by every filter given.",
         params=[("port", PORT), ("client_id", ID), ("channel_id", ID), ("limit", LIMIT), ("before", ID)],
-        ok=ref("ChannelHistory"), errors=(400, 401, 500)),
+        ok=ref("ChannelHistory"), errors=(400, 401, 500, 503)),
 }
 
 

@@ -16,6 +16,7 @@ import attr
 from twisted.logger import Logger
 
 from portmapper import validate
+from portmapper.errors import DatabaseUnavailable
 from portmapper.server.meter import Meter
 
 log = Logger()
@@ -262,6 +263,7 @@ class IdBlocks:
         self._spare = None  # (first, end) of the block reserved ahead
         self._reserving = None  # the reservation in flight
         self._missed = 0  # takes that found no id since the last block arrived
+        self._unreachable = False  # the database was unreachable at the last reservation
 
     def start(self):
         """Reserve the first block; fires once ids can be taken."""
@@ -294,6 +296,7 @@ class IdBlocks:
 
         def reserved(first):
             self._reserving = None
+            self._unreachable = False
             self._spare = (first, first + size)
             if self._next >= self._end:
                 self._use_spare()
@@ -307,8 +310,14 @@ class IdBlocks:
             self._reserving = None
             if not self._end:
                 return failure  # the first block: start() fails
-            log.failure("Could not reserve {size} {name} on disk", failure,
-                        size=size, name=self.name)
+            if failure.check(DatabaseUnavailable):  # its sentence says it all, once
+                if not self._unreachable:
+                    log.warn("Could not reserve {size} {name}: {why}", size=size, name=self.name,
+                             why=failure.value)
+                self._unreachable = True
+            else:
+                log.failure("Could not reserve {size} {name} on disk", failure,
+                            size=size, name=self.name)
             return None
 
         return d.addCallbacks(reserved, failed)

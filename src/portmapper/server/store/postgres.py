@@ -37,9 +37,12 @@ starts the :class:`.notify.MappingFollower` that hears them.
 The database unreachable
 ------------------------
 If the connection breaks (the database restarted or stopped, the
-connection was killed), the call that finds out fails with
-:class:`~portmapper.errors.DatabaseUnavailable` (one sentence; the admin
-API answers it with 503), and the next call connects again.  History is
+connection was killed, or went silent: see :data:`DEFAULTS`), the call
+that finds out fails with :class:`~portmapper.errors.DatabaseUnavailable`
+(one sentence; the admin API answers it with 503), and the next call
+connects again.  Once the follower has lost the database, the next call
+tests the connection first, so that the first write after the database
+is back does not fail on a connection that died meanwhile.  History is
 not lost meanwhile: a batch that failed so goes back into the pending
 lists and is tried again every :attr:`~.sqlite.Store.retry_delay` seconds.
 
@@ -71,6 +74,14 @@ MAPPING_KEYS = ("public_port", "target_ip", "target_port", "tag", "policies")
 
 #: Seconds to wait for the database to answer a connection.
 CONNECT_TIMEOUT = 10
+
+#: Connection settings (libpq's) that a URL may override: a database gone
+#: silent (a network cut, no reset) is found out within about ten seconds,
+#: by TCP keepalives on an idle connection and a timeout on unacknowledged
+#: sends, instead of leaving a call or the follower waiting for minutes.
+DEFAULTS = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "portmapper",
+            "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+            "keepalives_count": 3, "tcp_user_timeout": 10_000}
 
 #: Advisory lock keys (any two numbers no other user of the database takes).
 SCHEMA_LOCK = 0x706D_0001  # held while the schema is checked or migrated
@@ -142,8 +153,7 @@ class Store(sqlite.Store):
 
     def __init__(self, url, reactor, **kwargs):
         super().__init__(describe(url), reactor, **kwargs)
-        self._conninfo = {"connect_timeout": CONNECT_TIMEOUT, "application_name": "portmapper",
-                          **conninfo_to_dict(url)}
+        self._conninfo = {**DEFAULTS, **conninfo_to_dict(url)}
         self._follower = None
         self._suspect = threading.Event()  # set when the follower loses the database
 

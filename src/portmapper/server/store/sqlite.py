@@ -48,16 +48,16 @@ ahead of the newer ones, into the pending lists (within their bound), and
 the next try is :attr:`Store.retry_delay` seconds later, until one
 succeeds.  SQLite's never are.
 
+The highest ids ever written are kept in a small table of their own, so
+:meth:`Store.last_ids` stays right even after pruning has deleted every row.
+
 Mappings
 --------
 The server writes its mappings with :meth:`Store.insert_mapping`,
 :meth:`Store.update_mapping` and :meth:`Store.remove_mapping`, which fire
-with the change's *version* (always 0 here: only a shared database orders
-changes made by several servers) and :meth:`Store.follow_mappings`, which
-with one server has nothing to follow.
-
-The highest ids ever written are kept in a small table of their own, so
-:meth:`Store.last_ids` stays right even after pruning has deleted every row.
+with the change's *version*: always 0 here, since only a database several
+servers share needs to order their changes.  For the same reason
+:meth:`Store.follow_mappings` has nothing to follow here.
 
 Crash safety
 ------------
