@@ -39,6 +39,17 @@ class FakeServer:
         self.pending_add = None  # a Deferred to return from add_mapping instead
         self.channel_rows = []  # newest first
         self.client_rows = []
+        self.node_name = "node-1"
+        self.other_nodes = []  # what nodes() gives besides this node
+
+    def node(self):
+        return {"name": self.node_name, "version": "0.1.0", "started_time": 0.0,
+                "client_port": self.client_port}
+
+    def nodes(self):
+        return [{**self.node(), "admin_url": "http://127.0.0.1:8080", "heartbeat_age": 0.5,
+                 "alive": True, "clients": len(self.registry.clients),
+                 "channels": len(self.registry.channels)}] + self.other_nodes
 
     def mappings(self):
         return self.registry.mappings
@@ -351,7 +362,7 @@ class ClientConnectionTests(AdminTestCase):
             "recv_average_speed": round(3 / 2.75, 6), "recv_bytes": 3 * MiB,
             "send_flow_statistics": 0.5, "send_real_time_speed": 0.25,
             "send_average_speed": round(0.5 / 2.75, 6), "send_bytes": MiB // 2,
-            "credential_id": None,
+            "credential_id": None, "node": "node-1",
         }})
 
     def test_average(self):
@@ -487,8 +498,10 @@ class ChannelTests(AdminTestCase):
         second.opened = True
         self.assertEqual(self.call("GET", "/channel"), {
             "5555": [
-                {"channel_id": 1, "ip": "192.168.184.1", "port": 57984, "state": "CONNECTING"},
-                {"channel_id": 2, "ip": "192.168.184.2", "port": 4000, "state": "WORKING"},
+                {"channel_id": 1, "ip": "192.168.184.1", "port": 57984, "state": "CONNECTING",
+                 "node": "node-1"},
+                {"channel_id": 2, "ip": "192.168.184.2", "port": 4000, "state": "WORKING",
+                 "node": "node-1"},
             ],
             "6000": [],
         })
@@ -525,7 +538,7 @@ class ChannelTests(AdminTestCase):
             "recv_flow_statistics": 3.0, "recv_real_time_speed": 1.5, "recv_average_speed": 1.5,
             "recv_bytes": 3 * MiB,
             "send_flow_statistics": 6.0, "send_real_time_speed": 3.0, "send_average_speed": 3.0,
-            "send_bytes": 6 * MiB,
+            "send_bytes": 6 * MiB, "node": "node-1",
         }})
 
     def test_detail_unknown(self):

@@ -552,7 +552,7 @@ def failing(version, folder=""):
 
 LATEST_TABLES = schema.V1_TABLES | {
     "schema_version", "id_blocks", "credentials", "sqlite_sequence",
-    "open_channels", "open_clients", "last_write"}
+    "open_channels", "open_clients", "last_write", "nodes"}
 
 
 class SchemaTests(StoreCase):
@@ -568,7 +568,7 @@ class SchemaTests(StoreCase):
         """A new database is created at the latest version, id_blocks seeded with 1."""
         store = yield self.open()
         yield store.stop()
-        self.assertEqual(schema.LATEST, 5)
+        self.assertEqual(schema.LATEST, 6)
         self.assertEqual(inspect(self.path),
                          ([(schema.LATEST,)], LATEST_TABLES, {"client_id": 1, "channel_id": 1}))
 

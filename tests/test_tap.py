@@ -198,7 +198,7 @@ class ServerServiceTests(SynchronousTestCase):
         options, service = self.makeServer(["--token", "sekrit", "--sample-interval", "2"])
         self.assertIsInstance(service, MultiService)
         self.assertEqual([child.name for child in service],
-                         ["store", "webhooks", "server", "client-port", "admin", "sampler"])
+                         ["store", "webhooks", "server", "client-port", "admin", "sampler", "heartbeat"])
         server = service.getServiceNamed("server")
         self.assertIsInstance(server, PortMapperServer)
         self.assertIs(server.settings, options.settings)
@@ -258,7 +258,8 @@ class ServerServiceTests(SynchronousTestCase):
         self.assertEqual([server[0] for server in self.reactor.tcpServers],
                          [STORED_PORT, CLIENT_PORT, ADMIN_PORT])
         self.assertIn(STORED_PORT, service.getServiceNamed("server").mappings())
-        self.assertEqual([call.getTime() for call in self.reactor.getDelayedCalls()], [1.0])
+        # The sampler's next tick and the next heartbeat.
+        self.assertEqual([call.getTime() for call in self.reactor.getDelayedCalls()], [1.0, 1.0])
 
     def test_stopOrder(self):
         """Stopping stops admin, client port, public ports, drains, closes channels and links, then the store."""

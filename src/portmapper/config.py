@@ -12,6 +12,7 @@ anything starts.
 import configparser
 import ipaddress
 import math
+import socket
 import urllib.parse
 
 import attr
@@ -48,6 +49,8 @@ class ServerSettings:
     history_max_rows = attr.ib(default=100_000)
     history_max_age = attr.ib(default=30 * 86400.0)
     webhook = attr.ib(default=())  # URLs alerts are posted to
+    node_name = attr.ib(factory=lambda: _host_name())  # this server's name in its cluster
+    node_url = attr.ib(default="")  # "": where the admin API listens
 
 
 @attr.s(frozen=True)
@@ -174,6 +177,25 @@ def _urls(text):
     return urls
 
 
+def _host_name():
+    """This host's name as a node name (its first label if the whole name is not one)."""
+    name = socket.gethostname()
+    for candidate in (name, name.split(".")[0][:64]):
+        if validate.is_tag(candidate):
+            return candidate
+    return "node"
+
+
+def _url(text):
+    """'' or one http(s) URL, without a trailing slash."""
+    if not text:
+        return text
+    urls = _urls(text)
+    if len(urls) != 1:
+        raise ValueError("must be one http:// or https:// URL")
+    return urls[0].rstrip("/")
+
+
 def _database(text):
     """'' (SQLite under data-dir) or a postgresql:// URL libpq can parse."""
     if not text:
@@ -259,6 +281,10 @@ SERVER_KEYS = {
     "history_max_age": (_positive_float, "Seconds closed channels are kept in history."),
     "webhook": (_urls, "URL to POST JSON alerts to; repeat the option, or list URLs "
                        "separated by commas or spaces."),
+    "node_name": (validate.tag, "This server's name among the nodes of a cluster (the host"
+                                " name by default)."),
+    "node_url": (_url, "URL the other nodes reach this one's admin API at (by default"
+                       " http://ADDRESS:PORT of where it listens)."),
 }
 
 CLIENT_KEYS = {

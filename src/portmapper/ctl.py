@@ -259,8 +259,27 @@ def cmd_unmap(api, args, out):
     return d.addCallback(out.show, lambda _: f"Port {args.port} is no longer mapped.")
 
 
+def _scope(args):
+    """The ``scope`` parameter of a live view: the whole cluster's with ``--cluster``."""
+    return "cluster" if args.cluster else None
+
+
+def cmd_nodes(api, args, out):
+    def render(answer):
+        return table([
+            ("NODE", lambda r: r["name"] + (" *" if r["name"] == answer["name"] else "")),
+            ("VERSION", _field("version")), ("ADMIN", _field("admin_url")),
+            ("CLIENT PORT", _field("client_port")),
+            ("HEARTBEAT", lambda r: "-" if r["heartbeat_age"] is None else f"{r['heartbeat_age']:.1f}s"),
+            ("ALIVE", lambda r: "yes" if r["alive"] else "NO"),
+            ("CLIENTS", _field("clients")), ("CHANNELS", _field("channels")),
+            ("STARTED", _field("started_time")),
+        ], answer["nodes"])
+    return api.get("/node").addCallback(out.show, render)
+
+
 def cmd_clients(api, args, out):
-    d = api.get("/client_connection")
+    d = api.get("/client_connection", scope=_scope(args))
     return d.addCallback(out.show, lambda answer: table(CLIENT_COLUMNS, _keyed(answer, "client_id")))
 
 
@@ -276,7 +295,7 @@ def cmd_channels(api, args, out):
         return table([("PORT", _field("public_port")), ("CHANNEL", _field("channel_id")),
                       ("USER", lambda r: _address(r["ip"], r["port"])),
                       ("STATE", _field("state"))], rows)
-    return api.get("/channel", port=args.port).addCallback(out.show, render)
+    return api.get("/channel", port=args.port, scope=_scope(args)).addCallback(out.show, render)
 
 
 def cmd_close(api, args, out):
@@ -486,13 +505,18 @@ def _add_commands(commands, common):
     p = command("unmap", cmd_unmap, "Stop listening on a public port and close its channels.")
     p.add_argument("port", type=_port)
 
-    command("clients", cmd_clients, "List the connected clients.")
+    command("nodes", cmd_nodes, "List the nodes of the cluster (* marks the one asked).")
+
+    cluster = "every live node's, not only the one asked"
+    command("clients", cmd_clients, "List the connected clients.").add_argument(
+        "--cluster", action="store_true", help=cluster)
 
     p = command("kick", cmd_kick, "Disconnect a client now (it closes its channels).")
     p.add_argument("client_id", type=_positive(int), metavar="CLIENT_ID")
 
     p = command("channels", cmd_channels, "List the open channels by public port.")
     p.add_argument("--port", type=_port, help="only this public port")
+    p.add_argument("--cluster", action="store_true", help=cluster)
 
     p = command("close", cmd_close, "Close an open channel now.")
     p.add_argument("channel_id", type=_positive(int), metavar="CHANNEL_ID")

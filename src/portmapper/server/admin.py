@@ -37,6 +37,8 @@ from portmapper.server import console, openapi
 from portmapper.server.meter import MB
 from portmapper.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from portmapper.server.metrics import ServerMetrics
+from portmapper.server.nodes import FanOut
+from portmapper.server.webhooks import http_client
 
 log = Logger()
 
@@ -61,6 +63,19 @@ LIMIT = (_integer(1, MAX_LIMIT), f"an integer from 1 to {MAX_LIMIT}")
 HOST = (validate.host, validate.HOST_RULE)
 TAG = (validate.tag, validate.TAG_RULE)
 NAME = (validate.name, validate.NAME_RULE)
+
+
+
+def _scope(text):
+    if text not in ("node", "cluster"):
+        raise ValueError(text)
+    return text
+
+
+SCOPE = (_scope, "'node' or 'cluster'")
+
+#: The header naming the nodes a ``?scope=cluster`` answer lacks.
+UNANSWERED = b"Portmapper-Unanswered-Nodes"
 
 
 def _policies(request, empty_removes):
@@ -159,6 +174,28 @@ def _page(rows, limit, key):
     return {"history": rows, "next_before": rows[-1][key] if more else None}
 
 
+def _age(seconds):
+    return None if seconds is None else round(seconds, 3)
+
+
+def _merge_by_id(bodies):
+    """Answers keyed by client or channel id (unique in the cluster), as one, by id."""
+    merged = {}
+    for body in bodies:
+        merged.update(body)
+    return {key: merged[key] for key in sorted(merged, key=int)}
+
+
+def _merge_by_port(bodies):
+    """Channel lists by public port, as one: each port's lists joined, by channel_id."""
+    merged = {}
+    for body in bodies:
+        for port, channels in body.items():
+            merged.setdefault(port, []).extend(channels)
+    return {port: sorted(merged[port], key=lambda c: c["channel_id"])
+            for port in sorted(merged, key=int)}
+
+
 def _mapping_answer(mapping):
     """What a write of a mapping answers: success, and the mapping as it is now."""
     return {**SUCCESS, "port_mapper": {str(mapping.public_port): mapping.as_json()}}
@@ -187,12 +224,14 @@ class AdminAPI:
 
     app = Klein()
 
-    def __init__(self, server, admin_token=None, metrics=None):
+    def __init__(self, server, admin_token=None, metrics=None, http=None):
         if admin_token is not None and not admin_token:
             raise ValueError("An empty admin token would protect nothing; give a token or None.")
         self._server = server
         self._metrics = metrics if metrics is not None else ServerMetrics(server)
         self._token = admin_token.encode("utf-8") if isinstance(admin_token, str) else admin_token
+        self._http = http  # asks the other nodes (?scope=cluster); made when first needed
+        self._fanout = None
 
     def _authorize(self, request):
         if self._token is None:
@@ -265,6 +304,63 @@ class AdminAPI:
         """This API's OpenAPI document (server/openapi.py); like the page, it holds no data."""
         return _render(request, _OPENAPI)
 
+    # -- the cluster: this node, the others, and views merged from all ----------
+
+    @app.route("/node", methods=["GET"])
+    @_json
+    def get_node(self, request):
+        node = self._server.node()
+        return {**node, "started_time": _local_time(node["started_time"]), "nodes": [{
+            "name": row["name"], "version": row["version"],
+            "started_time": _local_time(row["started_time"]), "client_port": row["client_port"],
+            "admin_url": row["admin_url"], "heartbeat_age": _age(row["heartbeat_age"]),
+            "alive": row["alive"], "clients": row["clients"], "channels": row["channels"],
+        } for row in self._server.nodes()]}
+
+    def _scoped(self, request, local, merge):
+        """
+        The answer of ``local()`` (a view of this node), or with ``?scope=cluster``
+        that of every live node merged by ``merge(answers)`` (answers: bodies,
+        this node's first); a node that did not answer is named in the
+        :data:`UNANSWERED` header.  ``local()`` raising a 404 error means this
+        node has none of what was asked: the others may have it.
+        """
+        if _param(request, "scope", SCOPE, default="node") == "node":
+            return local()
+        try:
+            here = local()
+        except (UnknownClient, UnknownChannel) as e:
+            here, missing = None, e
+        others = [(row["name"], row["admin_url"]) for row in self._server.nodes()
+                  if row["alive"] and row["name"] != self._server.node_name and row["admin_url"]]
+        args = [(name.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
+                for name, values in request.args.items() if name != b"scope" for value in values]
+
+        def merged(result):
+            answers, unanswered = result
+            for name, (status, body) in sorted(answers.items()):
+                if status not in (200, 404):
+                    log.warn("node {node} answered {path} with {status}: {body}", node=name,
+                             path=request.path.decode("latin-1"), status=status, body=body)
+                    unanswered.append(name)
+            bodies = [here] + [body for _, (status, body) in sorted(answers.items()) if status == 200]
+            bodies = [body for body in bodies if body is not None]
+            if unanswered:
+                request.setHeader(UNANSWERED, ", ".join(sorted(unanswered)).encode("utf-8"))
+            if not bodies:
+                raise missing
+            return merge(bodies)
+
+        return self.fanout.gather(others, request.path.decode("latin-1"), args).addCallback(merged)
+
+    @property
+    def fanout(self):
+        """The :class:`~portmapper.server.nodes.FanOut` that asks the other nodes."""
+        if self._fanout is None:
+            http = self._http if self._http is not None else http_client(self._server.clock)
+            self._fanout = FanOut(http, self._server.clock, self._token)
+        return self._fanout
+
     # -- ports and mappings ---------------------------------------------------
 
     @app.route("/client_port", methods=["GET"])
@@ -315,12 +411,16 @@ class AdminAPI:
         return {
             "ip": client.ip, "port": client.port, "tag": client.tag, "state": client.state,
             **_live(client.meter, now), "credential_id": client.credential_id,
+            "node": self._server.node_name,
         }
 
     @app.route("/client_connection", methods=["GET"])
     @_json
     def get_client_connection(self, request):
         client_id = _param(request, "client_id", ID, default=None)
+        return self._scoped(request, lambda: self._clients(client_id), _merge_by_id)
+
+    def _clients(self, client_id):
         clients = self._server.clients()
         if client_id is None:
             ids = sorted(clients)
@@ -393,7 +493,10 @@ class AdminAPI:
         if port is not None and channel_id is not None:
             raise BadParameter("Give parameter 'port' or parameter 'channel_id', not both.")
         if channel_id is not None:
-            return self._channel_detail(channel_id)
+            return self._scoped(request, lambda: self._channel_detail(channel_id), _merge_by_id)
+        return self._scoped(request, lambda: self._channels(port), _merge_by_port)
+
+    def _channels(self, port):
         mappings = self._server.mappings()
         if port is not None and port not in mappings:
             raise UnknownMapping(port)
@@ -404,6 +507,7 @@ class AdminAPI:
                 grouped.setdefault(channel.public_port, []).append({
                     "channel_id": channel.channel_id, "ip": channel.user_ip,
                     "port": channel.user_port, "state": channel.state,
+                    "node": self._server.node_name,
                 })
         return {str(p): grouped[p] for p in sorted(grouped)}
 
@@ -416,7 +520,7 @@ class AdminAPI:
             "ip": channel.user_ip, "port": channel.user_port, "state": channel.state,
             "client_id": channel.client_id,
             "target_ip": channel.target_ip, "target_port": channel.target_port,
-            **_live(channel.meter, self._server.clock.seconds()),
+            **_live(channel.meter, self._server.clock.seconds()), "node": self._server.node_name,
         }}
 
     @app.route("/channel", methods=["DELETE"])

@@ -42,7 +42,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from portmapper import validate
+from portmapper import __version__, validate
 from portmapper.errors import (
     DatabaseUnavailable, MappingExists, PortUnavailable, UnknownChannel, UnknownClient,
     UnknownCredential, UnknownMapping,
@@ -51,6 +51,7 @@ from portmapper.protocol import auth
 from portmapper.server.interfaces import IPortMapperServer
 from portmapper.server.link import ILinkServer
 from portmapper.server.metrics import ServerMetrics
+from portmapper.server.nodes import Heartbeat, listening_url
 from portmapper.server.webhooks import CLIENT_LINKED, CLIENT_LOST, Webhooks
 from portmapper.server.public import PublicFactory
 from portmapper.server.refusals import Refusals
@@ -125,11 +126,17 @@ class PortMapperServer(Service):
         self._drain_waiters = []  # Deferreds of a stop waiting for the channels to end
         self._refusals = Refusals(reactor, settings.refusal_interval, self._record_refusals)
         self._started = None
+        # This server as a node of its cluster (a cluster of one on SQLite).
+        self.node_name = settings.node_name
+        self.admin_url = settings.node_url or None  # else where the admin API listens
+        self.started_time = None  # clock time the service started
+        self.heartbeat = Heartbeat(self.node_name, store, reactor, self.node_info)
 
     # -- life ---------------------------------------------------------------
 
     def startService(self):
         super().startService()
+        self.started_time = self.clock.seconds()
         self._started = self._start()
 
     def whenStarted(self):
@@ -163,6 +170,8 @@ class PortMapperServer(Service):
     def adminListening(self, port):
         """The admin API listens on ``port`` (an IListeningPort)."""
         self.admin_address = port.getHost()
+        if not self.settings.node_url:
+            self.admin_url = listening_url(self.admin_address, self.settings.admin)
 
     @inlineCallbacks
     def stopService(self):
@@ -211,6 +220,32 @@ class PortMapperServer(Service):
 
     def channels(self):
         return MappingProxyType(self.registry.channels)
+
+    # -- this node ------------------------------------------------------------
+
+    def node(self):
+        """This node: name, version, clock time it started, client port."""
+        return {"name": self.node_name, "version": __version__,
+                "started_time": self.started_time, "client_port": self.client_port}
+
+    def node_info(self):
+        """What this node's heartbeat records (the store's ``NODE_KEYS``)."""
+        return {"admin_url": self.admin_url or "", "client_port": self.client_port,
+                "version": __version__, "started_time": self.started_time,
+                "clients": len(self.registry.clients), "channels": len(self.registry.channels)}
+
+    def nodes(self):
+        """
+        Every node known, by name (see :meth:`.nodes.Heartbeat.nodes`); this
+        one always among them, alive (it answers), with its live counts and
+        the age of its last heartbeat recorded (None before the first).
+        """
+        here = {**self.node_info(), "name": self.node_name, "heartbeat_age": None, "alive": True}
+        found = [{**row, **here, "heartbeat_age": row["heartbeat_age"]}
+                 if row["name"] == self.node_name else row for row in self.heartbeat.nodes()]
+        if not any(row["name"] == self.node_name for row in found):
+            found = sorted(found + [here], key=lambda row: row["name"])
+        return found
 
     # -- mappings -----------------------------------------------------------
 

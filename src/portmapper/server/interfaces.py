@@ -15,6 +15,19 @@ class IPortMapperServer(Interface):
 
     clock = Attribute("An IReactorTime: clock.seconds() is now, for durations and speeds.")
     client_port = Attribute("The port number tunnel clients dial; None until it listens.")
+    node_name = Attribute("This server's name among the nodes of its cluster.")
+
+    # -- the cluster -----------------------------------------------------------
+
+    def node():
+        """This node: ``name``, ``version``, ``started_time`` (clock time), ``client_port``."""
+
+    def nodes():
+        """
+        Every node known (this one among them), by name: dicts with ``name``,
+        ``version``, ``started_time``, ``client_port``, ``admin_url``,
+        ``heartbeat_age`` (seconds, or None), ``alive``, ``clients``, ``channels``.
+        """
 
     # -- live state: read-only views, never changed by the caller ------------
 

@@ -41,11 +41,17 @@ COUNT = {"type": "integer", "minimum": 0}
 TIME = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$",
         "description": "The server's local time."}
 NULLABLE_ID = {"type": ["integer", "null"], "minimum": 1}
+NODE = {**TAG, "description": "The name of the node (server) it is on (--node-name)."}
+SCOPE = {"enum": ["node", "cluster"], "default": "node",
+         "description": "cluster: every live node's, merged; a node that did not answer is"
+                        " named in the Portmapper-Unanswered-Nodes header."}
 
 _TOTALS = {f"{d}_{k}": v for d in ("recv", "send") for k, v in [
     ("flow_statistics", NUMBER), ("average_speed", NUMBER), ("bytes", COUNT)]}
 _LIVE = {"init_time": TIME, "duration_time": COUNT, **_TOTALS,
          "recv_real_time_speed": NUMBER, "send_real_time_speed": NUMBER}
+_NODE = {"name": TAG, "version": {"type": "string"}, "started_time": TIME,
+         "client_port": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535}}
 _CLOSED = {"init_time": TIME, "close_time": TIME, "duration_time": COUNT, **_TOTALS,
            "close_reason": {"type": "string"}}
 
@@ -79,14 +85,16 @@ SCHEMAS = {
                        "state": {"enum": ["WORKING", "DRAINING", "CLOSED"]},
                        "credential_id": {**NULLABLE_ID, "description":
                                          "The credential it linked with; null for the shared token."},
-                       **_LIVE}),
+                       "node": NODE, **_LIVE}),
     "Clients": _keyed(ref("Client")),
     "ChannelBrief": _object({"channel_id": ID, "ip": {"type": "string"}, "port": PORT,
-                             "state": {"enum": ["CONNECTING", "WORKING", "CLOSING", "CLOSED"]}}),
+                             "state": {"enum": ["CONNECTING", "WORKING", "CLOSING", "CLOSED"]},
+                             "node": NODE}),
     "ChannelsByPort": _keyed({"type": "array", "items": ref("ChannelBrief")}),
     "Channel": _object({"channel_id": ID, "public_port": PORT, "ip": {"type": "string"}, "port": PORT,
                         "state": {"enum": ["CONNECTING", "WORKING", "CLOSING", "CLOSED"]},
-                        "client_id": NULLABLE_ID, "target_ip": HOST, "target_port": PORT, **_LIVE}),
+                        "client_id": NULLABLE_ID, "target_ip": HOST, "target_port": PORT,
+                        "node": NODE, **_LIVE}),
     "ChannelById": _keyed(ref("Channel")),
     "ClosedChannel": _object({"channel_id": ID, "port": PORT, "ip": {"type": "string"},
                               "user_port": PORT, "client_id": NULLABLE_ID, "target_ip": HOST,
@@ -102,6 +110,13 @@ SCHEMAS = {
     "Issued": _object({"result": {"const": "success"}, "credential": _object({
         "credential_id": ID, "name": {"type": ["string", "null"]}, "tag": TAG,
         "token": {"type": "string", "description": "The secret: shown in this answer only."}})}),
+    "Node": _object({**_NODE, "admin_url": {"type": "string"},
+                     "heartbeat_age": {"type": ["number", "null"], "description":
+                                       "Seconds since its last heartbeat reached the database."},
+                     "alive": {"type": "boolean",
+                               "description": "A heartbeat within 5 s (this node: always)."},
+                     "clients": COUNT, "channels": COUNT}),
+    "Nodes": _object({**_NODE, "nodes": {"type": "array", "items": ref("Node")}}),
     "Index": _object({"dashboard": {"type": "string"}, "endpoints": {"type": "array", "items": _object(
         {"path": {"type": "string"}, "methods": {"type": "array", "items": {"type": "string"}}})}}),
 }
@@ -189,9 +204,13 @@ OPERATIONS = {
     ("DELETE", "/port_mapper"): removal(
         "Stop listening on a public port, close its channels, forget the mapping.", "port", PORT,
         stored=True),
+    ("GET", "/node"): operation(
+        "This node (name, version, start, client port) and every node of its cluster.",
+        ok=ref("Nodes")),
     ("GET", "/client_connection"): operation(
-        "The connected clients, or only the one given.",
-        params=[("client_id", ID)], ok=ref("Clients"), errors=(400, 401, 404, 500)),
+        "The connected clients, or only the one given; of this node, or with scope=cluster of all.",
+        params=[("client_id", ID), ("scope", SCOPE)], ok=ref("Clients"),
+        errors=(400, 401, 404, 500)),
     ("DELETE", "/client_connection"): removal(
         "Drop a client's link now; its channels close.", "client_id", ID),
     ("GET", "/client_history"): operation(
@@ -208,8 +227,9 @@ OPERATIONS = {
         "Revoke a credential: its clients are dropped now and it is refused from then on.",
         "credential_id", ID, stored=True),
     ("GET", "/channel"): operation(
-        "Open channels grouped by public port (or one port's); with channel_id, that channel's details.",
-        params=[("port", PORT), ("channel_id", ID)],
+        "Open channels grouped by public port (or one port's); with channel_id, that channel's"
+        " details; of this node, or with scope=cluster of all.",
+        params=[("port", PORT), ("channel_id", ID), ("scope", SCOPE)],
         ok={"anyOf": [ref("ChannelsByPort"), ref("ChannelById")]}, errors=(400, 401, 404, 500)),
     ("DELETE", "/channel"): removal("Close an open channel now, both sides.", "channel_id", ID),
     ("GET", "/channel_history"): operation(

@@ -22,7 +22,11 @@ and stop in the reverse one:
     is known;
 ``sampler``
     the once-a-second traffic sampler, which also has the server close the
-    channels past their half-close or idle timeout.
+    channels past their half-close or idle timeout;
+``heartbeat``
+    this node's row in the store's ``nodes`` table, upserted every second
+    (:mod:`~portmapper.server.nodes`), started once the admin API listens,
+    so that it has the admin URL to give.
 
 Stopping thus stops the admin API and the client port, then the public
 ports, closes every channel and link, and closes the store last.
@@ -86,12 +90,12 @@ def makeService(config, reactor=None):
 
 def make_store(settings, reactor):
     """The store ``settings`` name: PostgreSQL at ``database`` if given, else SQLite under ``data_dir``."""
-    retention = {"history_max_rows": settings.history_max_rows,
-                 "history_max_age": settings.history_max_age}
+    options = {"history_max_rows": settings.history_max_rows,
+               "history_max_age": settings.history_max_age, "node": settings.node_name}
     if settings.database:
         from portmapper.server.store.postgres import Store as PostgresStore  # needs psycopg
-        return PostgresStore(settings.database, reactor, **retention)
-    return Store(os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor, **retention)
+        return PostgresStore(settings.database, reactor, **options)
+    return Store(os.path.join(settings.data_dir, "portmapper.sqlite3"), reactor, **options)
 
 
 def build(settings, reactor):
@@ -115,6 +119,7 @@ def build(settings, reactor):
         ("admin", Listener(server_endpoint(reactor, settings.admin), site, server.adminListening)),
         ("sampler", Sampler(server.registry.meters, reactor, settings.sample_interval,
                             observe=server.metrics.sampler_tick.observe, sweep=server.sweep)),
+        ("heartbeat", server.heartbeat),
     ]:
         child.setName(name)
         child.setServiceParent(service)

@@ -50,10 +50,17 @@ Ids and crash notes
 -------------------
 :meth:`~.sqlite.Store.reserve_ids` takes its block in one ``UPDATE ...
 RETURNING``, so servers reserving at once get blocks that do not overlap.
-The open-channel notes, ``last_write`` and :meth:`~.sqlite.Store.close_lost`
-are SQLite's, table for table: they do not yet say which server wrote a
-note, so a server starting on a shared database closes every note left
-there, the other servers' too.
+The open-channel and open-client notes say which node (server) wrote them.
+:meth:`~.sqlite.Store.close_lost` at a node's start closes its own notes
+and those of a node whose heartbeat is :data:`LOST_AFTER` seconds old,
+never a live node's, each at its node's last heartbeat.
+
+Nodes
+-----
+Each node upserts its row of ``nodes`` every second
+(:meth:`~.sqlite.Store.beat`), stamped by the database's clock, and reads
+every node's back with its age by that same clock: the nodes' clocks need
+not agree.
 
 Messages name the database by its URL without the password.
 """
@@ -67,7 +74,7 @@ from psycopg.conninfo import conninfo_to_dict
 from portmapper.errors import DatabaseUnavailable, MappingExists, UnknownMapping
 from portmapper.server.store import notify, schema, sqlite
 from portmapper.server.store.sqlite import (
-    CLIENT_KEYS, OPEN_CHANNEL_KEYS, OPEN_CLIENT_KEYS, REFUSAL_KEYS,
+    CLIENT_KEYS, NODE_KEYS, NODE_ROW_KEYS, NOTE, OPEN_CHANNEL_KEYS, OPEN_CLIENT_KEYS, REFUSAL_KEYS,
 )
 
 MAPPING_KEYS = ("public_port", "target_ip", "target_port", "tag", "policies")
@@ -100,12 +107,30 @@ def _upsert(table, keys, values=None):
             f" ON CONFLICT ({keys[0]}) DO UPDATE SET {updates}")
 
 
+#: The database's clock, seconds since the epoch: the time of every heartbeat.
+DB_NOW = "EXTRACT(EPOCH FROM now())::float8"
+
+#: Seconds without a heartbeat after which a node's open notes may be closed
+#: by another node starting (a node always closes its own, and those of no node).
+LOST_AFTER = 60.0
+
+#: The open notes a node starting closes: see :meth:`Store._close_lost`.
+LOST_NOTES = (f"node IN (%(node)s, '') OR node IN (SELECT name FROM nodes"
+              f" WHERE heartbeat < {DB_NOW} - %(lost_after)s)")
+
+
 def _lost(table, keys, history):
-    """The statement that moves every row of ``table`` into ``history``, closed."""
+    """
+    The statement that moves the notes of ``table`` that :data:`LOST_NOTES`
+    picks into ``history``, closed at their node's last heartbeat (else at
+    the last write).
+    """
     closed = ("close_time", "recv_bytes", "send_bytes", "close_reason")
     return _upsert(history, keys + closed,
-                   f"SELECT {', '.join(keys)}, GREATEST(init_time, %(time)s), 0, 0, %(reason)s"
-                   f" FROM {table}")
+                   f"SELECT {', '.join('o.' + k for k in keys)},"
+                   f" GREATEST(o.init_time, COALESCE(n.heartbeat, %(time)s)), 0, 0, %(reason)s"
+                   f" FROM {table} o LEFT JOIN nodes n ON n.name = o.node"
+                   f" WHERE {LOST_NOTES}")
 
 
 UPSERT_MAPPING = _upsert("mappings", MAPPING_KEYS)
@@ -116,8 +141,11 @@ UPDATE_MAPPING = ("UPDATE mappings SET target_ip = %(target_ip)s, target_port = 
 DELETE_MAPPING = "DELETE FROM mappings WHERE public_port = %(public_port)s"
 UPSERT_CHANNEL = _upsert("channel_history", REFUSAL_KEYS)
 UPSERT_CLIENT = _upsert("client_history", CLIENT_KEYS)
-UPSERT_OPEN_CHANNEL = _upsert("open_channels", OPEN_CHANNEL_KEYS)
-UPSERT_OPEN_CLIENT = _upsert("open_clients", OPEN_CLIENT_KEYS)
+UPSERT_OPEN_CHANNEL = _upsert("open_channels", OPEN_CHANNEL_KEYS + NOTE)
+UPSERT_OPEN_CLIENT = _upsert("open_clients", OPEN_CLIENT_KEYS + NOTE)
+UPSERT_NODE = _upsert("nodes", ("name",) + NODE_KEYS + ("heartbeat",),
+                      "VALUES (" + ", ".join(f"%({k})s" for k in ("name",) + NODE_KEYS)
+                      + f", {DB_NOW})")
 LOST_CHANNELS = _lost("open_channels", OPEN_CHANNEL_KEYS, "channel_history")
 LOST_CLIENTS = _lost("open_clients", OPEN_CLIENT_KEYS, "client_history")
 
@@ -315,15 +343,29 @@ class Store(sqlite.Store):
             " RETURNING b.next_free - %s", (count, name, count)).fetchone()[0]
 
     def _close_lost(self, reason):
+        # This node's notes and those of no node (written before nodes were
+        # known), and those of a node silent for LOST_AFTER seconds: never a
+        # live node's.  now() is the same for every statement of a transaction.
         with self._conn.transaction(), self._conn.cursor() as cursor:
             (last,) = cursor.execute("SELECT time FROM last_write").fetchone()
+            args = {"time": last, "reason": reason, "node": self.node, "lost_after": LOST_AFTER}
             closed = []
             for table, move in (("open_channels", LOST_CHANNELS),
                                 ("open_clients", LOST_CLIENTS)):
-                cursor.execute(move, {"time": last, "reason": reason})
+                cursor.execute(move, args)
                 closed.append(cursor.rowcount)
-                cursor.execute(f"DELETE FROM {table}")
+                cursor.execute(f"DELETE FROM {table} WHERE {LOST_NOTES}", args)
         return tuple(closed)
+
+    # -- nodes ---------------------------------------------------------------
+
+    def _beat(self, row, now):
+        # The database's clock, not the nodes': heartbeats and ages all agree.
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            cursor.execute(UPSERT_NODE, row)
+            cursor.execute(f"SELECT name, {', '.join(NODE_KEYS)},"
+                           f" {DB_NOW} - heartbeat FROM nodes ORDER BY name")
+            return [dict(zip(NODE_ROW_KEYS, r)) for r in cursor.fetchall()]
 
     # -- history -------------------------------------------------------------
 

@@ -67,7 +67,16 @@ dies.  ``record_channel_open``/``record_client_open`` note a channel or a
 client link when it opens, in the same batches as history; the batch that
 records its close deletes the note.  What a server that died left noted
 is closed by :meth:`Store.close_lost` at the next start, with the time of
-the last batch written before the crash.  So a ``SIGKILL`` loses at most
+the last batch written before the crash.  Each note carries the store's
+``node`` name; SQLite serves one node, so it closes every note, whoever
+wrote it (the PostgreSQL store closes only its own node's and dead nodes').
+
+Nodes
+-----
+:meth:`Store.beat` is a node's heartbeat (see ``server/nodes.py``): it
+upserts the node's row of ``nodes`` and gives back every node known with
+the age of its last heartbeat.  On SQLite that is this node alone, timed
+by the reactor's clock.  So a ``SIGKILL`` loses at most
 what was recorded since the last batch, ``flush_delay`` seconds (or the
 write in flight, if the disk is behind).
 
@@ -113,6 +122,12 @@ OPEN_CHANNEL_KEYS = (
     "target_port", "init_time",
 )
 OPEN_CLIENT_KEYS = ("client_id", "ip", "port", "tag", "init_time")
+#: An open note's row: the record and the node that wrote it.
+NOTE = ("node",)
+#: What a node says of itself at each heartbeat (:meth:`Store.beat`).
+NODE_KEYS = ("admin_url", "client_port", "version", "started_time", "clients", "channels")
+#: A node as :meth:`Store.beat` gives it back.
+NODE_ROW_KEYS = ("name",) + NODE_KEYS + ("heartbeat_age",)
 CREDENTIAL_KEYS = (
     "credential_id", "name", "tag", "public_key", "created_time", "last_used_time", "revoked",
 )
@@ -127,8 +142,9 @@ def _insert(table, keys):
 INSERT_CHANNEL = _insert("channel_history", CHANNEL_KEYS)
 INSERT_CLIENT = _insert("client_history", CLIENT_KEYS)
 INSERT_COUNTED = _insert("channel_history", REFUSAL_KEYS)
-INSERT_OPEN_CHANNEL = _insert("open_channels", OPEN_CHANNEL_KEYS)
-INSERT_OPEN_CLIENT = _insert("open_clients", OPEN_CLIENT_KEYS)
+INSERT_OPEN_CHANNEL = _insert("open_channels", OPEN_CHANNEL_KEYS + NOTE)
+INSERT_OPEN_CLIENT = _insert("open_clients", OPEN_CLIENT_KEYS + NOTE)
+INSERT_NODE = _insert("nodes", ("name",) + NODE_KEYS + ("heartbeat",))
 
 
 def _lost(table, keys, history):
@@ -177,8 +193,9 @@ class Store:
     retry_delay = 1.0
 
     def __init__(self, path, reactor, history_max_rows=100_000,
-                 history_max_age=30 * 86400, flush_delay=0.5, batch_size=1000):
+                 history_max_age=30 * 86400, flush_delay=0.5, batch_size=1000, node=""):
         self._path = os.fspath(path)
+        self.node = node  # this server's node name: on its open notes and its heartbeat
         self._reactor = reactor
         self._max_rows = history_max_rows
         self._max_refusal_rows = max(1, history_max_rows // 10)
@@ -410,6 +427,26 @@ class Store:
                 self._conn.execute(f"DELETE FROM {table}")
         return tuple(closed)
 
+    # -- nodes ---------------------------------------------------------------
+    # SQLite serves one node: its row is the only one it writes or reads back.
+
+    def beat(self, info):
+        """
+        This node's heartbeat: upsert its row (``info``, a dict with
+        :data:`NODE_KEYS`), stamped with the time now; fire with every node
+        known, dicts with :data:`NODE_ROW_KEYS` (``heartbeat_age``: seconds
+        since that node's last heartbeat), by name.
+        """
+        return self._defer(self._beat, {**info, "name": self.node}, self._reactor.seconds())
+
+    def _beat(self, row, now):
+        with self._conn:
+            self._conn.execute(INSERT_NODE, {**row, "heartbeat": now})
+        rows = self._conn.execute(
+            f"SELECT name, {', '.join(NODE_KEYS)}, ? - heartbeat FROM nodes WHERE name = ?",
+            (now, self.node))
+        return [dict(zip(NODE_ROW_KEYS, row)) for row in rows]
+
     # -- history: recording --------------------------------------------------
 
     def record_channel(self, record):
@@ -424,11 +461,11 @@ class Store:
 
     def record_channel_open(self, record):
         """Note a channel that has opened (a dict with :data:`OPEN_CHANNEL_KEYS`)."""
-        self._queue(self._pending.open_channels, record, "open channel")
+        self._queue(self._pending.open_channels, {**record, "node": self.node}, "open channel")
 
     def record_client_open(self, record):
         """Note a client link that has opened (a dict with :data:`OPEN_CLIENT_KEYS`)."""
-        self._queue(self._pending.open_clients, record, "open client")
+        self._queue(self._pending.open_clients, {**record, "node": self.node}, "open client")
 
     def _queue(self, rows, record, kind):
         rows.append(record)

@@ -34,7 +34,7 @@ this folder and to every backend's folder, and raise :data:`LATEST`.
 from importlib.resources import files
 
 #: The version this code creates, and the newest it can use.
-LATEST = 5
+LATEST = 6
 
 #: The tables of version 1: with them and no ``schema_version``, a database
 #: was made by the first release.
