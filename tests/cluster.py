@@ -45,7 +45,7 @@ class Node(Twistd):
         home = os.path.abspath(testcase.mktemp())
         os.makedirs(home)
         super().__init__(testcase, [
-            "portmapper", "--database", database,
+            "portmapper", "--database", database, "--node-name", name,
             "--public-interface", address, "--token", TOKEN, "--drain-timeout", "1",
             "--client-port", f"tcp:{client_port}:interface={address}",
             "--admin", f"tcp:0:interface={address}", "--data-dir", os.path.join(home, "data"),
