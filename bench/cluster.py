@@ -129,6 +129,7 @@ class Cluster(peers.Path):
             os.mkdir(data_dir)
             node = self.spawn(
                 self.twistd + ["-n", "--pidfile=", "portmapper", "--database", database,
+                               "--node-name", "node%d" % (i + 1),
                                "--client-port", "tcp:%d:interface=%s" % (cport, address),
                                "--admin", "tcp:%d:interface=%s" % (aport, address),
                                "--public-interface", address,
