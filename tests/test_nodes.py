@@ -23,8 +23,10 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from portmapper import __version__, validate
+from portmapper.config import ServerSettings
 from portmapper.server import nodes
 from portmapper.server.admin import UNANSWERED, AdminAPI
+from portmapper.server.core import PortMapperServer
 from portmapper.server.registry import SERVER_LOST
 from portmapper.server.store import Store
 from portmapper.server.tap import Options, build
@@ -303,7 +305,6 @@ class ScopeTests(AdminTestCase):
         body, response = self.body(d)
         self.assertEqual(list(body), ["1"])
         self.assertEqual(response.headers.getRawHeaders(UNANSWERED), [b"node-2, node-3"])
-        self.http.asked[C + "/client_connection"][1].addErrback(lambda f: None)
 
     def test_not_json_and_refused_marked(self):
         """An answer that is not JSON, and a refused connection, mark the node too."""
@@ -529,6 +530,14 @@ class TwoNodesTests(PostgresCase):
         self.assertIsNone(response.headers.getRawHeaders(UNANSWERED))
         _, alone = yield self.get(url_a + "/client_connection")
         self.assertEqual(alone, {})
+        # node-b's next heartbeat carries its count to node-a's list.
+        deadline = time.monotonic() + 10
+        while True:
+            _, body = yield self.get(url_a + "/node")
+            if body["nodes"][1]["clients"] == 1 or time.monotonic() > deadline:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual([n["clients"] for n in body["nodes"]], [0, 1])
 
 
 class CtlTests(unittest.SynchronousTestCase):
@@ -567,3 +576,54 @@ class CtlTests(unittest.SynchronousTestCase):
         self.assertEqual((status, json.loads(out)), (0, {"9": {"node": "node-2"}}))
         self.run_ctl("channels")
         self.assertEqual(list(self.http.asked), [B + "/client_connection"])
+
+
+class ServerNodeTests(unittest.SynchronousTestCase):
+    """What the server says of itself as a node."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.store = FakeStore()
+        settings = ServerSettings(node_name="edge-1", admin="tcp:0:interface=127.0.0.2")
+        self.server = PortMapperServer(settings, self.clock, self.store)
+        self.server.started_time = 990.0
+        self.server.client_port = 1111
+        self.server.adminListening(FakePort(IPv4Address("TCP", "127.0.0.2", 18080)))
+
+    def test_before_first_beat(self):
+        """Before its first heartbeat is recorded the server lists itself, alive, age unknown."""
+        self.server.registry.new_client("10.0.0.1", 4000, "x", now=1000.0)
+        self.assertEqual(self.server.nodes(), [{
+            "name": "edge-1", "admin_url": "http://127.0.0.2:18080", "client_port": 1111,
+            "version": __version__, "started_time": 990.0, "clients": 1, "channels": 0,
+            "heartbeat_age": None, "alive": True}])
+
+    def test_own_row_live(self):
+        """Its own row has its live counts and its heartbeat's age; the others are as recorded."""
+        self.server.heartbeat.startService()
+        self.addCleanup(self.server.heartbeat.stopService)
+        info, d = self.store.beats[0]
+        self.assertEqual(info["admin_url"], "http://127.0.0.2:18080")
+        d.callback([row("edge-0", 9.0), row("edge-1", 0.5, clients=0)])
+        self.server.registry.new_client("10.0.0.1", 4000, "x", now=1000.0)
+        found = self.server.nodes()
+        self.assertEqual([(n["name"], n["alive"], n["clients"], n["heartbeat_age"]) for n in found],
+                         [("edge-0", False, 2, 9.0), ("edge-1", True, 1, 0.5)])
+
+    def test_node_url_wins(self):
+        """--node-url is the admin URL given, wherever the admin API listens."""
+        settings = ServerSettings(node_name="edge-1", node_url="http://203.0.113.5:8080")
+        server = PortMapperServer(settings, self.clock, self.store)
+        server.adminListening(FakePort(IPv4Address("TCP", "0.0.0.0", 8080)))
+        self.assertEqual(server.node_info()["admin_url"], "http://203.0.113.5:8080")
+
+
+class FakePort:
+    """An IListeningPort at C{address}."""
+
+    def __init__(self, address):
+        self._address = address
+
+    def getHost(self):
+        return self._address

@@ -65,8 +65,8 @@ TAG = (validate.tag, validate.TAG_RULE)
 NAME = (validate.name, validate.NAME_RULE)
 
 
-
 def _scope(text):
+    """``node`` (this node's live view, the default) or ``cluster`` (every live node's)."""
     if text not in ("node", "cluster"):
         raise ValueError(text)
     return text
