@@ -10,16 +10,14 @@ Pss of each process and their sum, in MiB.  Unlike throughput, these
 numbers hardly depend on what else the machine is doing, so they can be
 compared between two checkouts on a busy machine.
 
-Twisted's ``tcp`` module imports pyOpenSSL (and cryptography) whenever it
-is installed, so the numbers depend on the environment as much as on the
-code: the script says so when pyOpenSSL is there (``treq``, a dependency,
-requires it).  ``--twistd`` points it at another venv's twistd, e.g. one
-without pyOpenSSL, to see what it costs.
+Twisted's ``tcp`` module imports pyOpenSSL whenever it is installed; the
+twistd plugins start both processes without it (about 12 MiB each; see
+``portmapper.transport.lean``).  ``--twistd`` points the script at another
+venv's twistd, e.g. an older checkout's, to compare.
 """
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,30 +49,6 @@ def measure(twistd, settle):
         peers.shutil.rmtree(tmp, ignore_errors=True)
 
 
-def twistd_python(twistd):
-    """The interpreter that runs ``twistd`` (its script's ``#!`` line, or itself)."""
-    try:
-        with open(twistd[0], "rb") as f:
-            first = f.readline().decode("utf-8", "replace")
-    except OSError:
-        return None
-    if first.startswith("#!"):
-        return first[2:].split()[0]
-    return twistd[0]
-
-
-def has_pyopenssl(twistd):
-    """Whether ``import OpenSSL`` works where twistd runs (None: cannot tell)."""
-    python = twistd_python(twistd)
-    if not python:
-        return None
-    try:
-        return subprocess.run([python, "-c", "import OpenSSL"], capture_output=True,
-                              timeout=30).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--twistd", help="twistd command line (default: the venv's twistd)")
@@ -88,9 +62,6 @@ def main(argv=None):
     print("%-7s RSS %5.1f MiB  PSS %5.1f MiB" % (
         "sum", sum(r for r, _ in memory.values()) / MiB,
         sum(p for _, p in memory.values()) / MiB))
-    if has_pyopenssl(twistd):
-        print("(pyOpenSSL is installed where twistd runs, and Twisted loads it into each "
-              "process: about 12 MiB each.)")
     return 0
 
 

@@ -8,26 +8,45 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
-from portmapper.transport.directwrite import direct_writers
+from portmapper.transport.directwrite import direct_writers, lose_write_connection
 from tests.e2e import wait_for
 
 
+@implementer(IHalfCloseableProtocol)
 class Collect(Protocol):
     def connectionMade(self):
         self.received = bytearray()
+        self.eof = False
         self.factory.connected.callback(self)
 
     def dataReceived(self, data):
         self.received += data
 
+    def readConnectionLost(self):
+        self.eof = True
 
+    def writeConnectionLost(self):
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
 class Sender(Protocol):
+    write_lost = 0  # writeConnectionLost calls
+
     def connectionMade(self):
         self.factory.connected.callback(self)
+
+    def readConnectionLost(self):
+        pass
+
+    def writeConnectionLost(self):
+        self.write_lost += 1
 
 
 class OtherTransportTests(SynchronousTestCase):
@@ -36,6 +55,18 @@ class OtherTransportTests(SynchronousTestCase):
         transport = StringTransport()
         write, writeSequence = direct_writers(transport)
         self.assertEqual((write, writeSequence), (transport.write, transport.writeSequence))
+
+    def test_notTcpHalfClosedByTransport(self):
+        """A transport that is not Twisted's TCP is half-closed by its own loseWriteConnection."""
+        class HalfClosing(StringTransport):
+            write_closed = False
+
+            def loseWriteConnection(self):
+                self.write_closed = True
+
+        transport = HalfClosing()
+        lose_write_connection(transport)
+        self.assertTrue(transport.write_closed)
 
 
 class DirectWriteTests(TestCase):
@@ -97,3 +128,25 @@ class DirectWriteTests(TestCase):
         self.assertEqual(self.queued(), len(b"late"))
         yield wait_for(lambda: self.t._writeDisconnected, what="the half-close")
         yield wait_for(lambda: bytes(self.receiver.received) == b"late", what="the bytes")
+
+    @inlineCallbacks
+    def test_idleHalfCloseAtOnce(self):
+        """With nothing queued, the write side is shut at once and the protocol told, then the peer sees EOF."""
+        self.write(b"last")
+        lose_write_connection(self.t)
+        self.assertEqual((self.t._writeDisconnected, self.sender.write_lost), (True, 1))
+        yield wait_for(lambda: self.receiver.eof, what="the EOF")
+        self.assertEqual(bytes(self.receiver.received), b"last")
+        self.assertEqual(self.sender.write_lost, 1)  # not again on a later write event
+
+    @inlineCallbacks
+    def test_queuedHalfCloseAfterTheBytes(self):
+        """With bytes queued, the half-close waits for Twisted to flush them: all arrive before the EOF."""
+        data = os.urandom(32 * 2**20)
+        self.write(data)
+        self.assertGreater(self.queued(), 0)
+        lose_write_connection(self.t)
+        self.assertEqual((self.t._writeDisconnected, self.sender.write_lost), (False, 0))
+        yield wait_for(lambda: self.receiver.eof, what="the EOF")
+        self.assertEqual(len(self.receiver.received), len(data))
+        self.assertEqual(self.sender.write_lost, 1)

@@ -236,17 +236,32 @@ class SharedDatabaseTests(PostgresCase):
         with self.assertRaises(psycopg.errors.UniqueViolation):
             self.sql("INSERT INTO mappings VALUES (6000, '10.0.0.2', 80, 'other')")
 
-    @inlineCallbacks
-    def test_reconnects_after_loss(self):
-        """A killed connection fails the call that finds out; the next call connects again."""
-        store = yield self.open()
-        yield store.save_mapping(6000, "10.0.0.1", 22, "lab")
+    def kill_connections(self):
+        """Terminate every connection to the test's database but this one; how many."""
         [(killed,)] = self.sql(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        self.assertEqual(killed, 1)
-        yield self.assertFailure(store.load_mappings(), DatabaseUnavailable)
+        return killed
+
+    @inlineCallbacks
+    def test_reconnects_after_loss(self):
+        """A connection the server killed is replaced by the call that finds out, which is done once."""
+        store = yield self.open()
+        yield store.save_mapping(6000, "10.0.0.1", 22, "lab")
+        self.assertEqual(self.kill_connections(), 1)
         self.assertEqual((yield store.load_mappings()), [(6000, "10.0.0.1", 22, "lab")])
+        self.assertEqual(self.kill_connections(), 1)
+        first = yield store.add_credential(None, "office", b"k" * 32, 1.0)  # a write: done once
+        self.assertEqual(self.sql("SELECT id FROM credentials"), [(first,)])
+
+    @inlineCallbacks
+    def test_unreachable_after_loss(self):
+        """A killed connection whose replacement cannot be made either fails the call with one sentence."""
+        store = yield self.open()
+        store._conninfo = {**store._conninfo, "dbname": "no_such_database"}
+        self.assertEqual(self.kill_connections(), 1)
+        failure = yield self.assertFailure(store.load_mappings(), DatabaseUnavailable)
+        self.assertTrue(str(failure).startswith(f"The database {self.where} is unreachable: "))
 
 
 # SQLite Store methods whose SQL is the same in PostgreSQL's dialect (with PARAM).

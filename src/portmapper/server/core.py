@@ -22,12 +22,16 @@ admin API have stopped before it, the store stops after it.
 
 Mapping writes go to the store first, and change the live state only once
 it took them.  On a database several servers share, the store also tells
-of the mapping changes every server makes (``follow_mappings``, started
-once the stored mappings are back): each is applied here unless this server
+of the mapping changes every server makes (``follow``, started once the
+stored mappings are back): each is applied here unless this server
 already has something newer (each change has a version, growing per port in
 the order the database took them), and when the store had lost the
 database it hands over every mapping, and what differs is applied.  The
-changes of one port, made here or heard, run one at a time.
+changes of one port, made here or heard, run one at a time.  Credentials
+are heard the same way: one issued on any server links clients on every
+one, and one revoked drops their links everywhere, as a revocation here
+does (a credential is issued once and revoked for good, so these need no
+version).
 """
 
 from functools import partial
@@ -161,7 +165,8 @@ class PortMapperServer(Service):
             # Listening again; kept (not listening) if it cannot.
             yield self._apply(public_port, (target_ip, target_port, tag,
                                             policies.get(public_port, {})))
-        self.store.follow_mappings(self._heard, self._reloaded)
+        self.store.follow(mappings=(self._heard, self._reloaded),
+                          credentials=(self._credential_heard, self._credentials_reloaded))
 
     def clientPortListening(self, port):
         """The client port listens on ``port`` (an IListeningPort)."""
@@ -619,8 +624,10 @@ class PortMapperServer(Service):
         token, public_key = auth.new_credential()
         now = self.clock.seconds()
         credential_id = yield self.store.add_credential(name, tag, public_key, now)
-        credential = Credential(credential_id, name, tag, public_key, now)
-        self.registry.add_credential(credential)
+        credential = self.registry.credentials.get(credential_id)  # heard already?
+        if credential is None:
+            credential = Credential(credential_id, name, tag, public_key, now)
+            self.registry.add_credential(credential)
         log.info("credential {credential_id} issued for tag {tag}",
                  credential_id=credential_id, tag=tag)
         return credential, token
@@ -632,12 +639,46 @@ class PortMapperServer(Service):
         if credential is None or credential.revoked:
             raise UnknownCredential(credential_id)
         yield self.store.revoke_credential(credential_id)  # first: it may be unreachable
-        credential.revoked = True
-        for session in list(self.registry.clients.values()):
-            if session.credential_id == credential_id:
-                session.closing(CREDENTIAL_REVOKED)
-                session.link.close("credential revoked")
+        if not credential.revoked:  # heard already, else
+            self._revoked(credential)
         log.info("credential {credential_id} revoked", credential_id=credential_id)
+
+    def _revoked(self, credential):
+        """Refuse ``credential`` from now on; drop the clients linked with it, at once: how many."""
+        credential.revoked = True
+        linked = [session for session in self.registry.clients.values()
+                  if session.credential_id == credential.credential_id]
+        for session in linked:
+            session.closing(CREDENTIAL_REVOKED)
+            session.link.close("credential revoked")
+        return len(linked)
+
+    # -- credentials issued or revoked by other servers on the same database ----
+    # Heard as the database has them, this server's own too: a credential is
+    # issued once and revoked for good, so hearing one again changes nothing.
+
+    def _credential_heard(self, row):
+        """A credential was issued or revoked (``row``: a dict of its columns)."""
+        if self.running:
+            self._credential_as_stored(row)
+
+    def _credentials_reloaded(self, rows):
+        """Every credential in the store (the follower reconnected): apply what is new."""
+        if self.running:
+            for row in rows:
+                self._credential_as_stored(row)
+
+    def _credential_as_stored(self, row):
+        credential = self.registry.credentials.get(row["credential_id"])
+        if credential is None:
+            self.registry.add_credential(Credential(**row))
+            if not row["revoked"]:
+                log.info("credential {credential_id} for tag {tag} is known from the database",
+                         credential_id=row["credential_id"], tag=row["tag"])
+        elif row["revoked"] and not credential.revoked:
+            log.info("credential {credential_id} revoked in the database: {count} client"
+                     " link(s) with it dropped", credential_id=credential.credential_id,
+                     count=self._revoked(credential))
 
     # -- history --------------------------------------------------------------
 

@@ -20,10 +20,10 @@ import collections
 import datetime
 
 from treq import content
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+
+from portmapper.transport.web import http_client
 
 log = Logger()
 
@@ -35,9 +35,6 @@ REFUSALS = "refusals"
 NO_CLIENT_INTERVAL = 60.0  # seconds between two "no client" alerts for one port
 
 
-def http_client(reactor):
-    """A treq HTTPClient on ``reactor`` that keeps no connection open between alerts."""
-    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
 
 class Webhooks(Service):

@@ -17,9 +17,18 @@ own ``write``/``writeSequence``, so ordering, producer pausing and error
 handling stay Twisted's.  For any other transport they are the transport's
 own methods.
 
+``lose_write_connection(transport)`` half-closes the same way: Twisted's
+``loseWriteConnection`` waits for the reactor's next write event to shut
+the socket's write side; with nothing queued and no producer registered,
+it is shut at once (and the protocol's ``writeConnectionLost`` called, as
+Twisted does), which spares a channel's end that turn on each side.
+
 This reads a few of Twisted's attributes (``socket``, ``dataBuffer``,
-``offset``, ``_tempDataLen``, ``_writeDisconnecting``, ``TLS``), checked once
-per transport; a Twisted without them gets the ordinary path.
+``offset``, ``_tempDataLen``, ``_writeDisconnecting``, ``TLS``; and
+``producer``, ``_writeDisconnected``, ``_closeWriteConnection`` to
+half-close), checked on
+the first transport of each class (Twisted's ``__init__`` gives every
+instance the same ones); a Twisted without them gets the ordinary path.
 
 ``queued_bytes(transport)`` reads the same queue, plus the kernel's send
 queue where the platform tells it (Linux's ``SIOCOUTQ``), to tell how many
@@ -41,7 +50,8 @@ except ImportError:  # not POSIX
     ioctl = TIOCOUTQ = None
 
 _NEEDED = ("socket", "dataBuffer", "offset", "_tempDataLen", "_writeDisconnecting",
-           "disconnecting", "connected")
+           "disconnecting", "connected", "producer", "_writeDisconnected",
+           "_closeWriteConnection")
 _QUEUE = ("dataBuffer", "offset", "_tempDataLen")
 
 
@@ -68,10 +78,40 @@ def _kernel_queued(transport):
         return 0
 
 
+_direct = {}  # transport class -> whether its instances have every attribute of _NEEDED
+
+
+def _writes_directly(transport):
+    """Whether ``transport`` is plain TCP with the attributes we read (known per class)."""
+    cls = type(transport)
+    known = _direct.get(cls)
+    if known is None:
+        known = _direct[cls] = isinstance(transport, tcp.Connection) and all(
+            hasattr(transport, name) for name in _NEEDED)
+    return known
+
+
+def _idle(t):
+    """True when ``t`` (one that _writes_directly) queues nothing and may be written to directly."""
+    return (not t._tempDataLen and t.offset == len(t.dataBuffer) and t.connected
+            and not t.disconnecting and not t._writeDisconnecting
+            and not getattr(t, "TLS", False))
+
+
+def lose_write_connection(transport):
+    """``transport.loseWriteConnection()``, at once where it can be (see the module docstring)."""
+    if _writes_directly(transport) and _idle(transport) and transport.producer is None:
+        # What Twisted's doWrite does once the buffer is empty: the flags first,
+        # in case writeConnectionLost calls loseConnection.
+        transport._writeDisconnecting = transport._writeDisconnected = True
+        transport._closeWriteConnection()
+    else:
+        transport.loseWriteConnection()
+
+
 def direct_writers(transport):
     """``(write, writeSequence)`` for ``transport``; see the module docstring."""
-    if not isinstance(transport, tcp.Connection) or not all(
-            hasattr(transport, name) for name in _NEEDED):
+    if not _writes_directly(transport):
         return transport.write, transport.writeSequence
 
     t = transport
@@ -80,14 +120,10 @@ def direct_writers(transport):
     send = t.socket.send
     sendmsg = t.socket.sendmsg
 
-    def idle():
-        """True when the transport queues nothing and may be written to directly."""
-        return (not t._tempDataLen and t.offset == len(t.dataBuffer) and t.connected
-                and not t.disconnecting and not t._writeDisconnecting
-                and not getattr(t, "TLS", False))
-
     def write(data):
-        if not idle():
+        # _idle(t), inline: this runs once per chunk relayed
+        if (t._tempDataLen or t.offset != len(t.dataBuffer) or not t.connected
+                or t.disconnecting or t._writeDisconnecting or getattr(t, "TLS", False)):
             queue_one(data)
             return
         try:
@@ -101,7 +137,7 @@ def direct_writers(transport):
             queue_one(data[sent:])
 
     def writeSequence(chunks):
-        if not idle():
+        if not _idle(t):
             queue_many(chunks)
             return
         try:

@@ -28,8 +28,10 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from portmapper.protocol import connection as core
-from portmapper.transport.directwrite import direct_writers, queued_bytes
-from portmapper.transport.tune import keep_alive, tune_transport
+from portmapper.transport.directwrite import (
+    direct_writers, lose_write_connection, queued_bytes,
+)
+from portmapper.transport.tune import tune_channel, tune_transport
 
 log = Logger()
 
@@ -449,8 +451,7 @@ class ChannelEnd(Protocol):
     _write_eof = False
 
     def connectionMade(self):
-        tune_transport(self.transport)
-        keep_alive(self.transport)
+        tune_channel(self.transport)
         self._write = direct_writers(self.transport)[0]
         if self.meter is None:
             self.meter = core.ByteCounter()
@@ -508,7 +509,7 @@ class ChannelEnd(Protocol):
 
     def peerEnded(self):
         self.transport.unregisterProducer()
-        self.transport.loseWriteConnection()
+        lose_write_connection(self.transport)
 
     def peerReset(self, reason):
         self.transport.abortConnection()

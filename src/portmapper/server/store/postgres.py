@@ -31,8 +31,17 @@ the mapping as written (or null) and the change's *version*: the WAL insert
 position read after the write.  Changes of one port are serialised by its
 row's lock, so their versions grow in the order they commit; a server
 applies a change only if it is newer than what it has, which makes its own
-announcements and stale ones harmless.  :meth:`Store.follow_mappings`
-starts the :class:`.notify.MappingFollower` that hears them.
+announcements and stale ones harmless.  :meth:`Store.follow` starts the
+:class:`.notify.Follower` that hears them.
+
+Credentials shared live
+-----------------------
+A credential issued (:meth:`~.sqlite.Store.add_credential`) or revoked
+(:meth:`Store.revoke_credential`) is announced the same way, in the same
+transaction, on :data:`.notify.CREDENTIALS`, with its row as written; the
+same follower hears it.  It needs no version: a credential is issued once
+and revoked for good.  Its ``last_used_time`` is not announced (each server
+knows when its own clients linked).
 
 The database unreachable
 ------------------------
@@ -40,7 +49,12 @@ If the connection breaks (the database restarted or stopped, the
 connection was killed, or went silent: see :data:`DEFAULTS`), the call
 that finds out fails with :class:`~portmapper.errors.DatabaseUnavailable`
 (one sentence; the admin API answers it with 503), and the next call
-connects again.  Once the follower has lost the database, the next call
+connects again.  When the server ended the connection itself, though
+(``pg_terminate_backend``, a restart: :func:`ended_by_server`), nothing of
+the call was done: it is tried once more at once, on a new connection,
+and fails only if that fails too.  A connection cut otherwise may have
+lost the answer to a commit that was made, so such a call is not tried
+again.  Once the follower has lost the database, the next call
 tests the connection first, so that the first write after the database
 is back does not fail on a connection that died meanwhile.  History is
 not lost meanwhile: a batch that failed so goes back into the pending
@@ -165,6 +179,17 @@ def unreachable(error):
         state is None or state.startswith(("08", "57P")))  # connection; shutdown
 
 
+def ended_by_server(error, conn):
+    """
+    Whether ``error`` says the server ended ``conn`` before the statement
+    took effect: ``57P01`` (``pg_terminate_backend``, a fast or smart
+    shutdown), which the server sends only between statements or instead
+    of finishing one, never after a commit it has not answered.
+    """
+    return (isinstance(error, psycopg.OperationalError) and conn is not None and conn.closed
+            and getattr(error, "sqlstate", None) == "57P01")
+
+
 def sentence(error):
     """The first line of a psycopg error's message (the rest points into the SQL)."""
     text = str(error).strip()
@@ -189,19 +214,28 @@ class Store(sqlite.Store):
         return super()._defer(self._call, f, *args)
 
     def _call(self, f, *args):
-        # In the thread: a connection psycopg found broken is replaced first.
+        # In the thread.
         try:
-            if self._suspect.is_set() and f != self._close:
-                self._suspect.clear()
-                self._probe()
-            if self._conn is not None and self._conn.closed and f != self._close:
-                self._conn = self._connect()
-            return f(*args)
+            try:
+                return self._attempt(f, args)
+            except psycopg.OperationalError as e:
+                if f == self._close or not ended_by_server(e, self._conn):
+                    raise
+                return self._attempt(f, args)  # once more, on a new connection
         except psycopg.Error as e:
             if not unreachable(e):
                 raise
             raise DatabaseUnavailable(
                 f"The database {self._path} is unreachable: {sentence(e)}.") from e
+
+    def _attempt(self, f, args):
+        # In the thread: a connection psycopg found broken is replaced first.
+        if self._suspect.is_set() and f != self._close:
+            self._suspect.clear()
+            self._probe()
+        if self._conn is not None and self._conn.closed and f != self._close:
+            self._conn = self._connect()
+        return f(*args)
 
     def _probe(self):
         # In the thread: the follower lost the database, so this connection may
@@ -288,23 +322,28 @@ class Store(sqlite.Store):
                            (notify.CHANNEL, notify.payload(public_port, version, mapping)))
         return version
 
-    def follow_mappings(self, changed, reloaded):
+    def follow(self, mappings, credentials):
         """
-        Start hearing the mapping changes of every server on the database
-        (this one's too) on a connection and a thread of their own, until
-        :meth:`stop`: ``changed(public_port, version, mapping)``, with
-        ``mapping`` ``(target_ip, target_port, tag, policies)`` or None,
-        and ``reloaded(rows)`` with every mapping as :meth:`load_mappings`
-        gives them, with their policies, each time it (re)connects.  Both
-        are called in the reactor thread.
+        Start hearing the mapping and credential changes of every server on
+        the database (this one's too) on a connection and a thread of their
+        own, until :meth:`stop`.  ``mappings`` is ``(changed, reloaded)``:
+        ``changed(public_port, version, mapping)``, with ``mapping``
+        ``(target_ip, target_port, tag, policies)`` or None, and
+        ``reloaded(rows)`` with every mapping as :meth:`load_mappings` gives
+        them, with their policies, each time it (re)connects.
+        ``credentials`` is ``(changed, reloaded)`` too: ``changed(credential)``
+        for each credential issued or revoked, ``reloaded(credentials)``
+        with every one, as :meth:`load_credentials` gives them, each time it
+        (re)connects (before the mappings).  All are called in the reactor
+        thread.
         """
-        self._follower = notify.MappingFollower(
-            self._connect, self._reactor, changed, reloaded, self.retry_delay,
+        self._follower = notify.Follower(
+            self._connect, self._reactor, mappings, credentials, self.retry_delay,
             lost=self._suspect.set)
         self._follower.start()
 
     def stop(self):
-        """Stop following mapping changes, then as :meth:`.sqlite.Store.stop`."""
+        """Stop following changes, then as :meth:`.sqlite.Store.stop`."""
         follower, self._follower = self._follower, None
         if follower is None:
             return super().stop()
@@ -317,9 +356,10 @@ class Store(sqlite.Store):
     # -- credentials -----------------------------------------------------------
 
     def revoke_credential(self, credential_id):
-        """Mark the credential revoked, for good."""
-        return self._defer(self._execute, "UPDATE credentials SET revoked = 1 WHERE id = %s",
-                           (credential_id,))
+        """Mark the credential revoked, for good, and announce it."""
+        return self._defer(self._announce_credential,
+                           "UPDATE credentials SET revoked = 1 WHERE id = %s"
+                           f" RETURNING {notify.CREDENTIAL_COLUMNS}", (credential_id,))
 
     def credential_used(self, credential_id, when):
         """Record that the credential linked a client at ``when``."""
@@ -328,10 +368,22 @@ class Store(sqlite.Store):
                            (when, credential_id))
 
     def _add_credential(self, name, tag, public_key, created_time):
-        return self._conn.execute(
+        return self._announce_credential(
             "INSERT INTO credentials (name, tag, public_key, created_time)"
-            " VALUES (%s, %s, %s, %s) RETURNING id",
-            (name, tag, public_key, created_time)).fetchone()[0]
+            f" VALUES (%s, %s, %s, %s) RETURNING {notify.CREDENTIAL_COLUMNS}",
+            (name, tag, public_key, created_time))
+
+    def _announce_credential(self, sql, args):
+        # The write, and its announcement in the same transaction: its id, or
+        # None if no row was written.
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            row = cursor.execute(sql, args).fetchone()
+            if row is None:
+                return None
+            found = notify.credential(row)
+            cursor.execute("SELECT pg_notify(%s, %s)",
+                           (notify.CREDENTIALS, notify.credential_payload(found)))
+        return found["credential_id"]
 
     # -- ids -----------------------------------------------------------------
 

@@ -57,7 +57,7 @@ The server writes its mappings with :meth:`Store.insert_mapping`,
 :meth:`Store.update_mapping` and :meth:`Store.remove_mapping`, which fire
 with the change's *version*: always 0 here, since only a database several
 servers share needs to order their changes.  For the same reason
-:meth:`Store.follow_mappings` has nothing to follow here.
+:meth:`Store.follow` has nothing to follow here (mappings nor credentials).
 
 Crash safety
 ------------
@@ -325,12 +325,13 @@ class Store:
         """Forget the mapping of ``public_port``; fire with the change's version."""
         return self.delete_mapping(public_port).addCallback(lambda _: UNVERSIONED)
 
-    def follow_mappings(self, changed, reloaded):
+    def follow(self, mappings, credentials):
         """
-        Have ``changed(public_port, version, mapping)`` called for every
-        mapping change other servers make, and ``reloaded(rows)`` with every
-        mapping when they may have been missed.  No other server writes
-        this database, so there is nothing to follow.
+        Have the ``(changed, reloaded)`` pairs ``mappings`` and
+        ``credentials`` called for every mapping and credential change
+        other servers make, and with every one when they may have been
+        missed.  No other server writes this database, so there is nothing
+        to follow.
         """
 
     def _load_mappings(self):
