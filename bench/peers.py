@@ -290,6 +290,23 @@ class Path:
             "delay_relay.log", helper=True, stdout_pipe=True)
         return int(proc.read_ready_line("READY ", 10).rpartition(":")[2])
 
+    def until(self, timeout, processes, ask, good, what):
+        """Call ``ask`` until ``good`` says yes to its answer (``processes`` alive); that answer."""
+        deadline = time.monotonic() + timeout
+        answer = None
+        while time.monotonic() < deadline:
+            for proc in processes:
+                proc.check_alive(os.path.basename(proc.log_path)[:-4])
+            try:
+                answer = ask()
+                if good(answer):
+                    return answer
+            except (OSError, ValueError) as e:
+                answer = str(e)
+            time.sleep(0.1)
+        raise PeerUnavailable("no %s in %ss (last answer: %s)"
+                              % (what, timeout, answer))
+
     def stop(self):
         # The tunnel's client side first (ssh, portmapper-client), so the
         # server side sees its connections close before it is told to go.
@@ -655,19 +672,3 @@ class Portmapper(Path):
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             return ["%s: GET /client_connection gave no usable answer (%s)."
                     % (self.name, e)]
-
-    def until(self, timeout, processes, ask, good, what):
-        deadline = time.monotonic() + timeout
-        answer = None
-        while time.monotonic() < deadline:
-            for proc in processes:
-                proc.check_alive(os.path.basename(proc.log_path)[:-4])
-            try:
-                answer = ask()
-                if good(answer):
-                    return answer
-            except (OSError, ValueError) as e:
-                answer = str(e)
-            time.sleep(0.1)
-        raise PeerUnavailable("no %s in %ss (last answer: %s)"
-                              % (what, timeout, answer))

@@ -2,17 +2,19 @@
 
     /tmp/venv/bin/python bench/run.py [--size MiB] [--runs 3]
         [--only direct,socat,portforward,ssh,portmapper] [--quick]
-        [--tls] [--delay-ms 50]
+        [--tls] [--delay-ms 50] [--cluster 3]
 
 Starts the backend (``backends.py``, its own process) and every selected
 path (``peers.py``), then measures each path with ``loadgen.py``: one-stream
 and 8-stream throughput per direction, 64-byte ping-pong RTT, new
 connections per second, and the tunnel's memory at rest and holding 1,000
-idle connections.  Runs are interleaved (run 1 of every path, then run 2,
-...) and the table shows the median of the runs for each number.  The
-table goes to stdout; progress goes to stderr.
+idle connections; with ``--cluster N``, a second table for N portmapper
+nodes on one PostgreSQL (``cluster.py``).  Runs are interleaved (run 1 of
+every path, then run 2, ...) and the table shows the median of the runs
+for each number.  The tables go to stdout; progress goes to stderr.
 
-Everything talks to 127.0.0.1 only, every loop is bounded in count and in
+Everything talks to 127.0.0.0/8 only (the cluster's nodes are on
+127.0.0.2 to .4, everything else on 127.0.0.1), every loop is bounded in count and in
 time, and every process started is stopped on the way out, also on error,
 Ctrl-C or SIGTERM.
 """
@@ -21,6 +23,7 @@ import argparse
 import os
 import platform
 import resource
+import shlex
 import signal
 import statistics
 import subprocess
@@ -34,6 +37,7 @@ if HERE not in sys.path:
 
 import attr  # noqa: E402
 
+import cluster  # noqa: E402
 import loadgen  # noqa: E402
 import peers  # noqa: E402
 
@@ -317,6 +321,10 @@ def parse_args(argv):
                         help="appended to 'twistd portmapper ...'")
     parser.add_argument("--portmapper-extra-client-args", default="",
                         help="appended to 'twistd portmapper-client ...'")
+    parser.add_argument("--cluster", type=int, default=0, metavar="N",
+                        help="add a table for a cluster of N portmapper nodes "
+                             "(1 to 3) on a private PostgreSQL, one client "
+                             "linked to each (see bench/cluster.py)")
     args = parser.parse_args(argv)
     args.only = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(args.only) - set(PATH_NAMES)
@@ -330,6 +338,8 @@ def parse_args(argv):
     args.settings = Settings(**overrides)
     if args.settings.runs < 1 or args.settings.size_mib < 1:
         parser.error("--runs and --size must be at least 1")
+    if not 0 <= args.cluster <= len(cluster.ADDRESSES):
+        parser.error("--cluster takes 1 to %d nodes" % len(cluster.ADDRESSES))
     return args
 
 
@@ -382,6 +392,15 @@ def main(argv=None):
         extra_lines = moved_lines(running, results)
         for path in running:
             extra_lines.extend(path.extra_lines())
+        cluster_table = None
+        if args.cluster:
+            header, row, cluster_notes = cluster.run(
+                backend_port, twistd, args.cluster, s, log,
+                shlex.split(args.portmapper_extra_server_args),
+                shlex.split(args.portmapper_extra_client_args))
+            if row:
+                cluster_table = markdown_table(header, [row])
+            extra_lines.extend(cluster_notes)
     finally:
         for path in reversed(running):
             path.stop()
@@ -392,7 +411,7 @@ def main(argv=None):
     if "portmapper" in args.only and not args.no_sampler_cost:
         extra_lines.extend(sampler_cost_lines(args.quick))
     report(args, running, results, memory, extra_lines + notes, twistd,
-           time.monotonic() - started_at)
+           time.monotonic() - started_at, cluster_table)
     return 0
 
 
@@ -430,7 +449,7 @@ def sampler_cost_lines(quick):
             for line in out.stdout.splitlines() if line.strip()]
 
 
-def report(args, paths, results, memory, notes, twistd, elapsed):
+def report(args, paths, results, memory, notes, twistd, elapsed, cluster_table=None):
     s = args.settings
     baselines = {}  # delay_ms -> direct's (up, down) over the same delay
     for p in paths:
@@ -447,6 +466,9 @@ def report(args, paths, results, memory, notes, twistd, elapsed):
     rows = [row_cells(p.name, results[p.name], memory.get(p.name),
                       baselines.get(p.delay_ms)) for p in paths]
     print(markdown_table(header, rows))
+    if cluster_table:
+        print()
+        print(cluster_table)
     print()
     print(machine_line(twistd))
     print("Median of %d run(s); %d MiB per 1-stream transfer, %d x %d MiB for "

@@ -176,8 +176,8 @@ def in_thread(f, *args):
     return threads.deferToThread(f, *args)
 
 
-def connect(port, timeout=20.0):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def connect(port, timeout=20.0, host="127.0.0.1"):
+    s = socket.create_connection((host, port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
@@ -221,9 +221,9 @@ def send_garbage(port, size=4096):
         s.close()
 
 
-def echo_roundtrip(port, data):
+def echo_roundtrip(port, data, host="127.0.0.1"):
     """Send ``data`` through an echo path while reading it back; return what came back."""
-    s = connect(port)
+    s = connect(port, host=host)
     try:
         result = {}
 

@@ -103,6 +103,11 @@ class PostgreSQL:
                                stdout=log, stderr=subprocess.STDOUT)
             if initdb.wait(START_TIMEOUT) != 0:
                 self._fail("initdb failed")
+        self.serve()
+
+    def serve(self):
+        """Run ``postgres`` on the data :meth:`start` made; wait (START_TIMEOUT s) until it answers."""
+        with open(self.log, "ab") as log:
             die_with_us = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
             self.process = self._run(
                 "postgres", "-D", self.data, "-k", self.dir, "-p", str(SOCKET_PORT),
@@ -137,6 +142,11 @@ class PostgreSQL:
 
     def stop(self):
         """Stop the server (fast shutdown, then kill) and remove its directory."""
+        self.halt()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def halt(self):
+        """Stop the server (fast shutdown, then kill), keeping its data for :meth:`serve`."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -144,11 +154,17 @@ class PostgreSQL:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(STOP_TIMEOUT)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 _server = None
 _start_error = None  # why the run's PostgreSQL did not start: every later test fails with it
+
+
+def require():
+    """Raise ``SkipTest`` saying what is missing where PostgreSQL or psycopg is absent."""
+    missing = _missing()
+    if missing:
+        raise SkipTest(f"PostgreSQL tests skipped: {missing}.")
 
 
 def database():
@@ -157,9 +173,7 @@ def database():
     first use, from the main thread); ``SkipTest`` where it is absent.
     """
     global _server, _start_error
-    missing = _missing()
-    if missing:
-        raise SkipTest(f"PostgreSQL tests skipped: {missing}.")
+    require()
     if _start_error is not None:
         raise RuntimeError(_start_error)
     if _server is None:
