@@ -14,11 +14,8 @@ address (127.0.0.2, .3 ...), on a database of the run's private PostgreSQL
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import tempfile
-import time
 from urllib.parse import quote, unquote
 
 
@@ -578,10 +575,10 @@ class StoppedDatabaseTests(OutageCase):
         a, b = yield self.nodes("127.0.0.2", "127.0.0.3")
         port, credential_id = yield self.carried(a)
 
-        yield in_thread(stop_postgres, self.pg)
+        yield in_thread(self.pg.halt)
         size = yield self.through_outage(a, port, credential_id)
 
-        yield in_thread(start_postgres, self.pg)
+        yield in_thread(self.pg.serve)
         row = yield self.poll_history(a, size)
         self.assertEqual(row["send_bytes"], size)
         self.assertIsNone(a.server.store.unreachable)
@@ -590,27 +587,4 @@ class StoppedDatabaseTests(OutageCase):
         yield wait_for(lambda: a.mapping(port).target_port == 7, timeout=10,
                        what="B's change on A")
 
-
-def stop_postgres(instance):
-    """Stop ``instance``'s postgres (fast shutdown), keeping its data (blocking)."""
-    instance.process.send_signal(signal.SIGINT)
-    instance.process.wait(pg.STOP_TIMEOUT)
-
-
-def start_postgres(instance):
-    """Start ``instance``'s postgres again on its data and wait until it answers (blocking)."""
-    import psycopg  # present: setUp would have skipped
-    with open(instance.log, "ab") as out:
-        instance.process = instance._run(
-            "postgres", "-D", instance.data, "-k", instance.dir, "-p", str(pg.SOCKET_PORT),
-            "-c", "listen_addresses=", "-F", stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + pg.START_TIMEOUT
-    while True:
-        try:
-            psycopg.connect(instance.url("postgres"), connect_timeout=5).close()
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(pg.POLL)
 
