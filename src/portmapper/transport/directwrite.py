@@ -24,7 +24,8 @@ it is shut at once (and the protocol's ``writeConnectionLost`` called, as
 Twisted does), which spares a channel's end that turn on each side.
 
 This reads a few of Twisted's attributes (``socket``, ``dataBuffer``,
-``offset``, ``_tempDataLen``, ``_writeDisconnecting``, ``TLS``; and
+``offset``, ``_tempDataLen``, ``_writeDisconnecting``, ``TLS`` (a class
+attribute of every ``tcp.Connection``, true once ``startTLS`` ran); and
 ``producer``, ``_writeDisconnected``, ``_closeWriteConnection`` to
 half-close), checked on
 the first transport of each class (Twisted's ``__init__`` gives every
@@ -50,7 +51,7 @@ except ImportError:  # not POSIX
     ioctl = TIOCOUTQ = None
 
 _NEEDED = ("socket", "dataBuffer", "offset", "_tempDataLen", "_writeDisconnecting",
-           "disconnecting", "connected", "producer", "_writeDisconnected",
+           "disconnecting", "connected", "TLS", "producer", "_writeDisconnected",
            "_closeWriteConnection")
 _QUEUE = ("dataBuffer", "offset", "_tempDataLen")
 
@@ -94,8 +95,7 @@ def _writes_directly(transport):
 def _idle(t):
     """True when ``t`` (one that _writes_directly) queues nothing and may be written to directly."""
     return (not t._tempDataLen and t.offset == len(t.dataBuffer) and t.connected
-            and not t.disconnecting and not t._writeDisconnecting
-            and not getattr(t, "TLS", False))
+            and not t.disconnecting and not t._writeDisconnecting and not t.TLS)
 
 
 def lose_write_connection(transport):
@@ -123,7 +123,7 @@ def direct_writers(transport):
     def write(data):
         # _idle(t), inline: this runs once per chunk relayed
         if (t._tempDataLen or t.offset != len(t.dataBuffer) or not t.connected
-                or t.disconnecting or t._writeDisconnecting or getattr(t, "TLS", False)):
+                or t.disconnecting or t._writeDisconnecting or t.TLS):
             queue_one(data)
             return
         try:
