@@ -168,6 +168,10 @@ class _Batch:
     clients = attr.ib(factory=list)
     open_channels = attr.ib(factory=list)
     open_clients = attr.ib(factory=list)
+    # Records Store._queue added: what decides when to flush, counted as they
+    # come rather than summed at each one.  Rows a failed write puts back are
+    # not counted: a retry is due, and it takes them all.
+    queued = attr.ib(default=0)
 
     def __len__(self):
         return (len(self.channels) + len(self.clients) + len(self.open_channels)
@@ -470,6 +474,7 @@ class Store:
 
     def _queue(self, rows, record, kind):
         rows.append(record)
+        self._pending.queued += 1
         if len(rows) > self.max_pending:
             self._drop(rows, kind)
         self._schedule()
@@ -486,7 +491,7 @@ class Store:
         """Flush now, later, or after the write in flight: whichever applies."""
         if not self._running or self._writing or self._retry is not None:
             return
-        pending = len(self._pending)
+        pending = self._pending.queued
         if pending >= self._batch_size:
             self._flush()
         elif pending and self._timer is None:
