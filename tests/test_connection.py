@@ -592,6 +592,26 @@ class HalfCloseTests(AcceptedCase):
         self.client.reset_channel(1, "connection lost")
         self.assertEqual(sent(self.client), [(RESET, 1, b"connection lost")])
 
+    def test_forgetFinishedAfterBothFins(self):
+        """forget_finished forgets a channel ended both ways, and nothing is sent."""
+        self.client.end_channel(1)
+        receive(self.client, fin(1))
+        self.client.data_to_send()
+        self.assertTrue(self.client.forget_finished(1))
+        self.assertEqual(sent(self.client), [])
+        self.assertNotIn(1, self.client.channels)
+
+    def test_forgetFinishedLeavesUnfinished(self):
+        """forget_finished leaves a channel not ended both ways (or with data held) as it is."""
+        self.client.send_data(1, b"a" * (WINDOW_SIZE + 1))
+        self.client.end_channel(1)
+        receive(self.client, fin(1))
+        self.client.data_to_send()
+        self.assertFalse(self.client.forget_finished(1))
+        self.assertIn(1, self.client.channels)
+        self.assertFalse(self.client.forget_finished(2))  # no such channel
+        self.assertEqual(sent(self.client), [])
+
     def test_closeBeforeFinsSendsReset(self):
         """A channel whose local socket is lost mid-stream is RESET, with the reason."""
         self.client.end_channel(1)  # our FIN only: the peer may still send

@@ -475,7 +475,7 @@ class DrainTests(LinkTestCase):
         link, channel_id = self.drainingLink()
         link.channelEOF(channel_id)
         link.dataReceived(frames.encode(FIN, channel_id))
-        link.channelClosed(channel_id, "done")
+        link.channelClosed(channel_id, Failure(ConnectionDone()))
         self.assertDrained(link)
 
     def test_drainedByPeerReset(self):
@@ -576,7 +576,7 @@ class ChannelEventTests(LinkTestCase):
         link.dataReceived(frames.reason_frame(RESET, channel_id, "target gone"))
         self.assertEqual(self.callsOf("end")[2:], [("peerReset", "target gone")])
         self.assertEqual(link.ends, {})
-        link.channelClosed(channel_id, "connection lost")
+        link.channelClosed(channel_id, Failure(ConnectionLost()))
         self.assertEqual(written(link), [])
 
     def test_resetChannel(self):

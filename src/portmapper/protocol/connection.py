@@ -189,6 +189,11 @@ class LinkUnavailable(Exception):
     """No channel can be opened on this link (closed, going away, ids used up)."""
 
 
+def _finished(ch):
+    """Whether channel ``ch`` ended cleanly both ways, with nothing left to send."""
+    return ch.state is State.CLOSED and not ch.pending
+
+
 class ByteCounter:
     """Bytes received and sent on the link (the owner may substitute its own meter)."""
 
@@ -717,11 +722,25 @@ class Connection:
         ch = self.channels.get(channel_id)
         if ch is None:
             return
-        clean = ch.state is State.CLOSED and not ch.pending
+        clean = _finished(ch)
         self._forget(ch)
         if not clean and not self.closed:
             self._send(frames.reason_frame(RESET, channel_id, reason))
         self._close_if_drained()
+
+    def forget_finished(self, channel_id):
+        """
+        The channel's local socket is gone: if the channel had ended both
+        ways with nothing left to send, forget it (the peer needs no RESET)
+        and return True.  Otherwise change nothing and return False: the
+        owner calls :meth:`reset_channel` with the reason the socket went.
+        """
+        ch = self.channels.get(channel_id)
+        if ch is None or not _finished(ch):
+            return False
+        self._forget(ch)
+        self._close_if_drained()
+        return True
 
     def local_full(self, channel_id, full):
         """The channel's local socket's write buffer filled (True) or drained (False)."""

@@ -418,8 +418,16 @@ class LinkProtocol(Protocol):
         self._apply()
 
     def channelClosed(self, channel_id, reason):
+        """
+        The channel's local socket is gone, because of ``reason`` (a
+        Failure).  A channel that had ended cleanly both ways just goes; any
+        other is reset, and only then is the reason's text made, for the
+        peer.
+        """
         if self.ends.pop(channel_id, None) is not None:
-            self.connection.reset_channel(channel_id, reason)
+            conn = self.connection
+            if not conn.forget_finished(channel_id):
+                conn.reset_channel(channel_id, f"connection lost: {reason.getErrorMessage()}")
             self._apply()
 
     def channelWindowCap(self, channel_id, size):
@@ -480,8 +488,7 @@ class ChannelEnd(Protocol):
 
     def connectionLost(self, reason):
         if self.link is not None:
-            self.link.channelClosed(self.channel_id,
-                                    f"connection lost: {reason.getErrorMessage()}")
+            self.link.channelClosed(self.channel_id, reason)
 
     # IPushProducer, driven by our transport's write buffer
     def pauseProducing(self):
