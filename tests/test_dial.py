@@ -82,6 +82,24 @@ class ConnectTests(TestCase):
         yield protocol.lost
 
     @inlineCallbacks
+    def test_dialsBeforeReturning(self):
+        """The attempt starts within connect_tcp: the listener has the connection before a reactor turn."""
+        if not dial._looks_up_at_each_event(reactor):
+            self.skipTest("connectTCP's own path on this reactor")
+        listener = socket.socket()
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(5)  # loopback completes the handshake within connect()
+        factory = Dial()
+        connect_tcp(reactor, "127.0.0.1", listener.getsockname()[1], factory, timeout=10)
+        accepted, _ = listener.accept()  # no reactor turn in between
+        self.addCleanup(accepted.close)
+        protocol = yield factory.made
+        protocol.transport.loseConnection()
+        yield protocol.lost
+
+    @inlineCallbacks
     def test_ipv6(self):
         """An IPv6 address is dialled too."""
         if not socket.has_ipv6:

@@ -12,9 +12,14 @@ socket non-blocking as it creates it (where the platform has
 when the socket is ready, and once connected only stops watching for
 writability: five system calls fewer per connection.  An address needs no
 resolving, so it goes to ``connect()`` without the two Deferreds Twisted
-builds on the way.  Everything else
-(the connector, its timeout, ``stopConnecting``, the errors and their
-messages) is Twisted's own.
+builds on the way.  And the attempt starts as soon as the connector is set
+up (its timeout armed, the factory told ``startedConnecting``), before
+``connect_tcp`` returns, rather than from a zero-delay timer on the
+reactor's next turn: the timer costs a trip through the reactor's heap of
+timers for every channel.  A dial that fails at once (``connect()`` refused
+on the spot) so reaches the factory's ``clientConnectionFailed`` before
+``connect_tcp`` returns.  Everything else (the connector, its timeout,
+``stopConnecting``, the errors and their messages) is Twisted's own.
 
 Leaving the socket registered for reading across the switch from
 ``doConnect`` to the ordinary ``doRead`` relies on the reactor looking the
@@ -55,6 +60,16 @@ class _Client(tcp.Client):
     """A ``tcp.Client`` that connects with fewer system calls (see the module docstring)."""
 
     _dialled = False  # connect() was called and is in progress
+    _begin = None  # what starts the attempt (or fails it): connect_tcp calls it
+
+    def _finishInit(self, whenDone, skt, error, reactor):
+        # Twisted's, but the attempt is kept for connect_tcp to begin rather
+        # than put on a timer for the reactor's next turn.
+        if whenDone:
+            self._commonConnection.__init__(self, skt, None, reactor)
+            self._begin = whenDone
+        else:
+            self._begin = lambda: self.failIfNotConnected(error)
 
     def createInternetSocket(self):
         sock = socket.socket(self.addressFamily, self.socketType | _NONBLOCK)
@@ -111,4 +126,6 @@ def connect_tcp(reactor, host, port, factory, timeout=30):
         return reactor.connectTCP(host, port, factory, timeout=timeout)
     connector = _Connector(host, port, factory, timeout, None, reactor)
     connector.connect()
+    if connector.state == "connecting":  # the factory may have stopped it already
+        connector.transport._begin()
     return connector
