@@ -226,7 +226,7 @@ class PublicProtocol(ChannelEnd):
         if self.record is None:
             return  # refused at accept: never a channel
         self._cancelOpenTimer()
-        if not reason.check(ConnectionDone):
+        if not isinstance(reason.value, ConnectionDone):
             self.record.aborted(USER_CLOSED)  # the user's connection broke
         super().connectionLost(reason)
         self.mapping.users.discard(self)

@@ -93,8 +93,13 @@ def _writes_directly(transport):
 
 
 def _idle(t):
-    """True when ``t`` (one that _writes_directly) queues nothing and may be written to directly."""
-    return (not t._tempDataLen and t.offset == len(t.dataBuffer) and t.connected
+    """
+    True when ``t`` (one that _writes_directly) queues nothing and may be
+    written to directly.  Twisted empties ``dataBuffer`` once all of it is
+    sent; while it holds bytes, sent or not, we write the queued way, which is
+    never wrong.
+    """
+    return (not t._tempDataLen and not t.dataBuffer and t.connected
             and not t.disconnecting and not t._writeDisconnecting and not t.TLS)
 
 
@@ -122,7 +127,7 @@ def direct_writers(transport):
 
     def write(data):
         # _idle(t), inline: this runs once per chunk relayed
-        if (t._tempDataLen or t.offset != len(t.dataBuffer) or not t.connected
+        if (t._tempDataLen or t.dataBuffer or not t.connected
                 or t.disconnecting or t._writeDisconnecting or t.TLS):
             queue_one(data)
             return
