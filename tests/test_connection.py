@@ -573,44 +573,49 @@ class HalfCloseTests(AcceptedCase):
         self.client.reset_channel(1, "connection lost")
         self.assertEqual(sent(self.client), [])
 
-    def test_closeAfterBothFinsSendsNoReset(self):
-        """A channel closed after FIN both ways ends quietly: no RESET."""
+    def endBothWays(self, held=b""):
+        """Channel 1 sends ``held`` (beyond its credit: it waits), then FIN; the peer's FIN comes."""
+        if held:
+            self.client.send_data(1, held)
         self.client.end_channel(1)
         receive(self.client, fin(1))
         self.assertEqual(self.client.channels[1].state, State.CLOSED)
         self.client.data_to_send()
+
+    def test_closeAfterBothFinsSendsNoReset(self):
+        """A channel closed after FIN both ways ends quietly: no RESET."""
+        self.endBothWays()
         self.client.reset_channel(1, "connection done")
         self.assertEqual(sent(self.client), [])
         self.assertNotIn(1, self.client.channels)
 
     def test_closeWithDataHeldSendsReset(self):
         """A channel closed after FIN both ways but with data still waiting for credit is RESET."""
-        self.client.send_data(1, b"a" * (WINDOW_SIZE + 1))
-        self.client.end_channel(1)
-        receive(self.client, fin(1))
-        self.client.data_to_send()
+        self.endBothWays(held=b"a" * (WINDOW_SIZE + 1))
         self.client.reset_channel(1, "connection lost")
         self.assertEqual(sent(self.client), [(RESET, 1, b"connection lost")])
 
     def test_forgetFinishedAfterBothFins(self):
         """forget_finished forgets a channel ended both ways, and nothing is sent."""
-        self.client.end_channel(1)
-        receive(self.client, fin(1))
-        self.client.data_to_send()
+        self.endBothWays()
         self.assertTrue(self.client.forget_finished(1))
         self.assertEqual(sent(self.client), [])
         self.assertNotIn(1, self.client.channels)
 
     def test_forgetFinishedLeavesUnfinished(self):
-        """forget_finished leaves a channel not ended both ways (or with data held) as it is."""
-        self.client.send_data(1, b"a" * (WINDOW_SIZE + 1))
-        self.client.end_channel(1)
-        receive(self.client, fin(1))
-        self.client.data_to_send()
+        """forget_finished leaves a channel ended both ways but with data held as it is; nor knows channel 2."""
+        self.endBothWays(held=b"a" * (WINDOW_SIZE + 1))
         self.assertFalse(self.client.forget_finished(1))
         self.assertIn(1, self.client.channels)
         self.assertFalse(self.client.forget_finished(2))  # no such channel
         self.assertEqual(sent(self.client), [])
+
+    def test_forgetFinishedLeavesHalfEnded(self):
+        """forget_finished leaves a channel that only we ended: the peer may still send."""
+        self.client.end_channel(1)
+        self.client.data_to_send()
+        self.assertFalse(self.client.forget_finished(1))
+        self.assertIn(1, self.client.channels)
 
     def test_closeBeforeFinsSendsReset(self):
         """A channel whose local socket is lost mid-stream is RESET, with the reason."""
