@@ -574,6 +574,7 @@ class StoppedDatabaseTests(OutageCase):
         """Users carried while it is down, writes 503, history and other nodes' changes there once back."""
         a, b = yield self.nodes("127.0.0.2", "127.0.0.3")
         port, credential_id = yield self.carried(a)
+        yield wait_for(lambda: b.mapping(port), what="B to hear of the mapping")
 
         yield in_thread(self.pg.halt)
         size = yield self.through_outage(a, port, credential_id)
