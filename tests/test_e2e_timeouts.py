@@ -91,10 +91,6 @@ class TimeoutTests(TestCase):
         backend = Backend(Stuck)
         public = yield self.running.map(backend.listen(self))
         before = open_fds()
-        seen_states = set()
-
-        def observe():
-            seen_states.update(c.state for c in self.server.registry.channels.values())
 
         def users():
             for _ in range(USERS):
@@ -102,12 +98,15 @@ class TimeoutTests(TestCase):
                 s.sendall(b"hi")
                 s.close()
 
+        def working():
+            return [c for c in self.server.registry.channels.values() if c.state == "WORKING"]
+
         yield in_thread(users)
-        yield wait_for(lambda: observe() or len(backend.connections) == USERS,
-                       what="every target connection")
-        yield wait_for(lambda: observe() or not self.server.registry.channels,
-                       what="the channels to time out")
-        self.assertNotIn("WORKING", seen_states)  # the users had sent FIN
+        yield wait_for(lambda: len(backend.connections) == USERS, what="every target connection")
+        # A channel may be WORKING for a moment (its OPEN_OK read before its
+        # user's FIN); once the FIN is read it is half-closed, never WORKING again.
+        yield wait_for(lambda: not working(), what="every channel half-closed")
+        yield wait_for(lambda: not self.server.registry.channels, what="the channels to time out")
         code, body = yield self.running.api("GET", "/channel")
         self.assertEqual(body, {str(public): []})
         reasons = []
