@@ -150,15 +150,6 @@ def time_until(addresses, ready, started, timeout=WAIT):
     return found
 
 
-def accepts(address, port):
-    """Whether ``port`` accepts a connection on ``address`` now."""
-    try:
-        socket.create_connection((address, port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
 def first_answer(address, port):
     """The first byte a user sending one byte through ``port`` on ``address`` gets back (b"" if none)."""
     try:

@@ -176,6 +176,15 @@ def in_thread(f, *args):
     return threads.deferToThread(f, *args)
 
 
+def accepts(host, port):
+    """Whether ``port`` accepts a TCP connection on ``host`` now (blocking: run it in a thread)."""
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
 def connect(port, timeout=20.0, host="127.0.0.1"):
     s = socket.create_connection((host, port), timeout=timeout)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

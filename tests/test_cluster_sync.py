@@ -34,7 +34,7 @@ from portmapper.server.registry import IdBlocks
 from portmapper.server.store import sqlite
 from tests import pg
 from tests.e2e import (
-    TOKEN, Backend, Echo, Running, in_thread, recv_exactly, start_client, wait_for,
+    TOKEN, Backend, Echo, Running, accepts, in_thread, recv_exactly, start_client, wait_for,
 )
 from tests.test_store import channel
 
@@ -273,15 +273,6 @@ def free_port(*hosts):
     raise AssertionError(f"no port free on all of {hosts}")
 
 
-def listens(host, port):
-    """Whether a TCP connection to ``host:port`` is accepted (blocking: run it in a thread)."""
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-        return True
-    except OSError:
-        return False
-
-
 def roundtrip(host, port, data):
     """Send ``data`` to ``host:port`` and read as much back (blocking: run it in a thread)."""
     with socket.create_connection((host, port), timeout=20) as s:
@@ -352,7 +343,7 @@ class PropagationTests(ClusterCase):
         log.info("a mapping POSTed on one node listened on two others {took:.3f} s after the POST"
                  " was sent", took=took)
         self.assertLess(took, PROPAGATION)
-        self.assertTrue((yield in_thread(listens, b.host, port)))
+        self.assertTrue((yield in_thread(accepts, b.host, port)))
         self.assertEqual(b.mapping(port).as_json(), {"ip": "10.0.0.1", "port": 22, "tag": "lab"})
 
         code, body = yield a.api("PATCH", "/port_mapper", port=str(port), mapper_port="23",
@@ -370,7 +361,7 @@ class PropagationTests(ClusterCase):
         self.assertEqual(code, 200, body)
         yield wait_for(lambda: b.mapping(port) is None and c.mapping(port) is None,
                        timeout=PROPAGATION, what="the deletion on B and C")
-        self.assertFalse((yield in_thread(listens, b.host, port)))
+        self.assertFalse((yield in_thread(accepts, b.host, port)))
 
     @inlineCallbacks
     def test_concurrent_posts_one_wins(self):
@@ -438,7 +429,7 @@ class ReconcileTests(ClusterCase):
         self.assertIsNone(b.mapping(gone))
         self.assertEqual(b.mapping(kept).target_port, 80)
         self.assertTrue(b.listening(made))
-        self.assertTrue((yield in_thread(listens, b.host, made)))
+        self.assertTrue((yield in_thread(accepts, b.host, made)))
 
 
 class OutageCase(ClusterCase):

@@ -22,10 +22,10 @@ from twisted.trial.unittest import TestCase
 
 from tests import pg
 from tests.cluster import (
-    StreamUser, accepts, common_free_port, echo_user, first_answer, held_user, linked,
+    StreamUser, common_free_port, echo_user, first_answer, held_user, linked,
     noted_open_channels, start_cluster, time_until,
 )
-from tests.e2e import Backend, Echo, in_thread, wait_for
+from tests.e2e import Backend, Echo, accepts, in_thread, wait_for
 from tests.test_e2e_crash import WAIT, poll
 
 log = Logger()
