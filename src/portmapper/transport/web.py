@@ -90,12 +90,12 @@ class _Verifying:
             .connect(protocol_factory))
 
 
-def http_client(reactor, persistent=False, context=None):
+def http_client(reactor, context=None):
     """
-    A treq ``HTTPClient`` on ``reactor``; ``persistent`` keeps connections
-    open between requests; HTTPS verified with ``context`` (default: the
-    system's certificate authorities).
+    A treq ``HTTPClient`` on ``reactor`` that keeps no connection open
+    between requests (so none is left open at stop); HTTPS verified with
+    ``context`` (default: the system's certificate authorities).
     """
-    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool = HTTPConnectionPool(reactor, persistent=False)
     agent = Agent.usingEndpointFactory(reactor, EndpointFactory(reactor, context), pool=pool)
     return HTTPClient(agent)
