@@ -41,10 +41,13 @@ def listening_url(address, admin_description):
     IPv6Address) by the endpoint ``admin_description``: ``https`` for
     ``ssl:``, else ``http``.  An admin API on every interface (``0.0.0.0``,
     ``::``) is given as the loopback address: a node reachable from others
-    on another address says so with ``--node-url``.
+    on another address says so with ``--node-url``.  Any other address (a
+    UNIX socket's) has no URL: None, and the other nodes do not ask this one.
     """
+    host = getattr(address, "host", None)
+    if host is None:
+        return None
     scheme = "https" if admin_description.startswith("ssl:") else "http"
-    host = address.host
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
