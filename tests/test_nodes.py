@@ -15,7 +15,7 @@ import time
 import treq
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import Logger
@@ -155,6 +155,11 @@ class ListeningURLTests(unittest.SynchronousTestCase):
                          "http://[::1]:81")
         self.assertEqual(nodes.listening_url(IPv6Address("TCP", "fd00::5", 443), "ssl:443"),
                          "https://[fd00::5]:443")
+
+    def test_unix_socket_has_no_url(self):
+        """An admin API on a UNIX socket has no URL (the server still starts), rather than an error."""
+        self.assertIsNone(nodes.listening_url(UNIXAddress(b"/run/pm/admin.sock"),
+                                              "unix:/run/pm/admin.sock"))
 
 
 class Answer:
@@ -617,6 +622,13 @@ class ServerNodeTests(unittest.SynchronousTestCase):
         server = PortMapperServer(settings, self.clock, self.store)
         server.adminListening(FakePort(IPv4Address("TCP", "0.0.0.0", 8080)))
         self.assertEqual(server.node_info()["admin_url"], "http://203.0.113.5:8080")
+
+    def test_admin_on_unix_socket(self):
+        """An admin API on a UNIX socket listens (no error) and gives no URL to ask it at."""
+        settings = ServerSettings(node_name="edge-1", admin="unix:/run/pm/admin.sock")
+        server = PortMapperServer(settings, self.clock, self.store)
+        server.adminListening(FakePort(UNIXAddress(b"/run/pm/admin.sock")))
+        self.assertEqual(server.node_info()["admin_url"], "")
 
 
 class FakePort:

@@ -6,13 +6,17 @@ of starting the tunnel's processes without pyOpenSSL
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 
 from hyperlink import URL
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import URI
 from twisted.web.error import SchemeNotSupported
@@ -41,6 +45,33 @@ class EndpointFactoryTests(SynchronousTestCase):
         self.assertEqual(secure._hostname, "a.example")
         with self.assertRaises(SchemeNotSupported):
             factory.endpointForURI(URI.fromBytes(b"ftp://a.example/"))
+
+
+class SystemAuthoritiesTests(TestCase):
+    """The system's certificate authorities are read off the reactor's thread, once."""
+
+    @inlineCallbacks
+    def test_read_in_a_thread(self):
+        """An https endpoint reads the authorities in a pool thread when it connects, not before."""
+        read_in, real = [], tls.client_context
+
+        def client_context():
+            read_in.append(threading.current_thread())
+            return real()
+
+        self.patch(tls, "client_context", client_context)
+        with socket.socket() as s:  # a port nothing listens on: the dial is refused
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        factory = EndpointFactory(reactor)
+        endpoints = [factory.endpointForURI(URI.fromBytes(b"https://127.0.0.1:%d/" % port))
+                     for _ in range(2)]
+        self.assertEqual(read_in, [])
+        for endpoint in endpoints:
+            with self.assertRaises(ConnectError):
+                yield endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertEqual(len(read_in), 1)
+        self.assertIsNot(read_in[0], threading.current_thread())
 
 
 class _Collect(Resource):

@@ -74,7 +74,6 @@ class PortUnavailable(Conflict):
         self.why = why
 
 
-
 class DatabaseUnavailable(PortMapperError):
     """The shared database cannot be reached: a write must wait until it is back."""
 

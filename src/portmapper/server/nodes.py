@@ -3,12 +3,14 @@ The server as one node of a cluster: its heartbeat, what it knows of the
 other nodes, and asking them for their live state.
 
 Several servers on one PostgreSQL database are the nodes of a cluster,
-each named by ``--node-name``.  :class:`Heartbeat`, a child service of the
-server, upserts this node's row of the store's ``nodes`` table every
-second (its admin URL, client port, version, start time and live counts)
-and reads every node's back with the age of its last heartbeat, measured
-by the database's clock.  A beat that fails is logged once per outage, and
-the beats go on.  A single server on SQLite is a cluster of one.
+each named by ``--node-name``.  :class:`Heartbeat`, the service the
+server makes as ``server.heartbeat`` (``tap.py`` starts it last, once the
+admin API listens, beside the server rather than under it), upserts this
+node's row of the store's ``nodes`` table every second (its admin URL,
+client port, version, start time and live counts) and reads every node's
+back with the age of its last heartbeat, measured by the database's
+clock.  A beat that fails is logged once per outage, and the beats go on.
+A single server on SQLite is a cluster of one.
 
 :class:`FanOut` asks the other live nodes' admin APIs for the same view at
 once (``?scope=cluster`` on ``GET /client_connection`` and ``GET
@@ -39,10 +41,13 @@ def listening_url(address, admin_description):
     IPv6Address) by the endpoint ``admin_description``: ``https`` for
     ``ssl:``, else ``http``.  An admin API on every interface (``0.0.0.0``,
     ``::``) is given as the loopback address: a node reachable from others
-    on another address says so with ``--node-url``.
+    on another address says so with ``--node-url``.  Any other address (a
+    UNIX socket's) has no URL: None, and the other nodes do not ask this one.
     """
+    host = getattr(address, "host", None)
+    if host is None:
+        return None
     scheme = "https" if admin_description.startswith("ssl:") else "http"
-    host = address.host
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":

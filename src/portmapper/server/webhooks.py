@@ -35,8 +35,6 @@ REFUSALS = "refusals"
 NO_CLIENT_INTERVAL = 60.0  # seconds between two "no client" alerts for one port
 
 
-
-
 class Webhooks(Service):
     """
     Alerts to ``urls`` (none: every call does nothing), posted with ``http``

@@ -70,15 +70,15 @@ is closed by :meth:`Store.close_lost` at the next start, with the time of
 the last batch written before the crash.  Each note carries the store's
 ``node`` name; SQLite serves one node, so it closes every note, whoever
 wrote it (the PostgreSQL store closes only its own node's and dead nodes').
+So a ``SIGKILL`` loses at most what was recorded since the last batch,
+``flush_delay`` seconds (or the write in flight, if the disk is behind).
 
 Nodes
 -----
 :meth:`Store.beat` is a node's heartbeat (see ``server/nodes.py``): it
 upserts the node's row of ``nodes`` and gives back every node known with
 the age of its last heartbeat.  On SQLite that is this node alone, timed
-by the reactor's clock.  So a ``SIGKILL`` loses at most
-what was recorded since the last batch, ``flush_delay`` seconds (or the
-write in flight, if the disk is behind).
+by the reactor's clock.
 
 Refusals
 --------
