@@ -31,7 +31,7 @@ from portmapper.errors import DatabaseUnavailable, UnknownMapping
 from portmapper.server import tap as server_tap
 from portmapper.server.core import PortMapperServer, differences
 from portmapper.server.registry import IdBlocks
-from portmapper.server.store import sqlite
+from portmapper.server.store import notify, sqlite
 from tests import pg
 from tests.e2e import (
     TOKEN, Backend, Echo, Running, accepts, in_thread, recv_exactly, start_client, wait_for,
@@ -362,6 +362,25 @@ class PropagationTests(ClusterCase):
         yield wait_for(lambda: b.mapping(port) is None and c.mapping(port) is None,
                        timeout=PROPAGATION, what="the deletion on B and C")
         self.assertFalse((yield in_thread(accepts, b.host, port)))
+
+    @inlineCallbacks
+    def test_malformed_notification_ignored(self):
+        """A notification no server wrote is logged and skipped: no reconnect, the next change still heard."""
+        ignored = logged(self, "ignored a malformed notification")
+        lost = logged(self, "lost the database")
+        a, b = yield self.nodes("127.0.0.2", "127.0.0.3")
+        import psycopg  # present: setUp would have skipped
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for text in ("not json", "null", '{"port": 1}'):
+                conn.execute("SELECT pg_notify(%s, %s)", (notify.CHANNEL, text))
+        yield wait_for(lambda: len(ignored) == 6, what="three notifications ignored by each node")
+        port = free_port(a.host, b.host)
+        code, body = yield a.api("POST", "/port_mapper", port=str(port), mapper_ip="10.0.0.1",
+                                 mapper_port="22")
+        self.assertEqual(code, 200, body)
+        yield wait_for(lambda: b.listening(port), timeout=PROPAGATION, what="the mapping on B")
+        self.assertEqual([event["channel"] for event in ignored], [notify.CHANNEL] * 6)
+        self.assertEqual(lost, [])
 
     @inlineCallbacks
     def test_concurrent_posts_one_wins(self):

@@ -155,10 +155,22 @@ class Follower:
                 for notice in conn.notifies(timeout=self._poll):
                     if self._stopping.is_set():
                         return
-                    if notice.channel == CHANNEL:
-                        self._tell(self._mapping_changed, *parse(notice.payload))
-                    elif notice.channel == CREDENTIALS:
-                        self._tell(self._credential_changed, parse_credential(notice.payload))
+                    self._hear(notice)
+
+    def _hear(self, notice):
+        """Hand one notification over; one this module did not write is logged and skipped."""
+        try:
+            if notice.channel == CHANNEL:
+                change = (self._mapping_changed, *parse(notice.payload))
+            elif notice.channel == CREDENTIALS:
+                change = (self._credential_changed, parse_credential(notice.payload))
+            else:
+                return  # the wake-up call
+        except (ValueError, KeyError, TypeError) as e:
+            log.warn("ignored a malformed notification on {channel}: {why!r}",
+                     channel=notice.channel, why=e)
+            return
+        self._tell(*change)
 
     def _tell(self, f, *args):
         self._reactor.callFromThread(self._deliver, f, args)
