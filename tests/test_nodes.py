@@ -20,7 +20,10 @@ from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallback
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from portmapper import __version__, validate
 from portmapper.config import ServerSettings
@@ -165,12 +168,21 @@ class ListeningURLTests(unittest.SynchronousTestCase):
 class Answer:
     """A treq response of C{code} whose JSON body is C{body} (an exception: not JSON)."""
 
+    length = UNKNOWN_LENGTH
+
     def __init__(self, code, body):
         self.code = code
         self._body = body
 
     def json(self):
         return fail(self._body) if isinstance(self._body, Exception) else succeed(self._body)
+
+    def deliverBody(self, protocol):
+        """The body as a response gives it: the JSON text (not JSON: other bytes), then done."""
+        protocol.makeConnection(None)
+        text = b"<html>" if isinstance(self._body, Exception) else json.dumps(self._body).encode()
+        protocol.dataReceived(text)
+        protocol.connectionLost(Failure(ResponseDone()))
 
 
 class FakeHTTP:
@@ -310,6 +322,17 @@ class ScopeTests(AdminTestCase):
         body, response = self.body(d)
         self.assertEqual(list(body), ["1"])
         self.assertEqual(response.headers.getRawHeaders(UNANSWERED), [b"node-2, node-3"])
+
+    def test_oversized_answer_marked(self):
+        """An answer longer than MAX_ANSWER is not read whole: the node is marked as not answering."""
+        self.patch(nodes, "MAX_ANSWER", 100)
+        d = self.get("/client_connection?scope=cluster")
+        self.http.answer(B + "/client_connection", 200,
+                         {str(i): {"node": "node-2"} for i in range(20)})
+        self.http.answer(C + "/client_connection", 200, {"3": {"node": "node-3"}})
+        body, response = self.body(d)
+        self.assertEqual(list(body), ["3"])
+        self.assertEqual(response.headers.getRawHeaders(UNANSWERED), [b"node-2"])
 
     def test_not_json_and_refused_marked(self):
         """An answer that is not JSON, and a refused connection, mark the node too."""

@@ -17,8 +17,10 @@ once (``?scope=cluster`` on ``GET /client_connection`` and ``GET
 /channel``), each with a timeout, and says which did not answer.
 """
 
+import json
 import urllib.parse
 
+from treq import collect
 from twisted.application.internet import TimerService
 from twisted.internet.defer import DeferredList, TimeoutError, succeed
 from twisted.logger import Logger
@@ -33,6 +35,10 @@ ALIVE_WITHIN = 5.0
 
 #: Seconds a node asked by :class:`FanOut` has to answer.
 TIMEOUT = 2.0
+
+#: The most of another node's answer :class:`FanOut` reads (the whole list of
+#: a busy node's channels is a few MB); a longer one counts as not answered.
+MAX_ANSWER = 64 << 20
 
 
 def listening_url(address, admin_description):
@@ -162,9 +168,25 @@ class FanOut:
 
     def _ask(self, url):
         d = self._http.get(url.encode("utf-8"), headers=self._headers)
-        d.addCallback(lambda response: response.json().addCallback(
-            lambda body: (response.code, body)))
+        d.addCallback(self._read)
         return d.addTimeout(self.timeout, self._clock, onTimeoutCancel=_timed_out)
+
+    def _read(self, response):
+        """``(status, JSON body)`` of ``response``, read up to :data:`MAX_ANSWER` bytes."""
+        chunks = []
+        size = 0
+
+        def take(data):
+            nonlocal size
+            size += len(data)
+            if size > MAX_ANSWER:
+                raise ValueError(f"its answer is over {MAX_ANSWER >> 20} MiB")
+            chunks.append(data)
+
+        def parsed(_):
+            return response.code, json.loads(b"".join(chunks))
+
+        return collect(response, take).addCallback(parsed)
 
 
 def _timed_out(result, timeout):
