@@ -17,7 +17,6 @@ profiler's overhead.
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -47,23 +46,16 @@ class ProfiledPortmapper(peers.Portmapper):
 
 def measure(twistd, connections, profile_dir=None):
     """``({"server": s, "client": s}, rate)``: CPU seconds per 1,000 connections."""
-    tmp = tempfile.mkdtemp(prefix="portmapper-conn-cpu-")
-    backend, port = run.start_backend(tmp)
-    path = ProfiledPortmapper(port, twistd, profile_dir)
-    try:
-        path.start()
+    with run.started_path("portmapper-conn-cpu-",
+                          lambda port: ProfiledPortmapper(port, twistd, profile_dir)) as path:
         pids = dict(zip(("server", "client"), (p.pid for p in path.processes)))
         run.settle(list(pids.values()))
         before = {name: peers.cpu_seconds([pid]) for name, pid in pids.items()}
         rate = loadgen.connection_rate(path.address, connections, 600.0)
         time.sleep(0.5)  # the last channels' close reaches both ends
         after = {name: peers.cpu_seconds([pid]) for name, pid in pids.items()}
-        done = max(rate.connections, 1)
-        return {name: (after[name] - before[name]) * 1000.0 / done for name in pids}, rate
-    finally:
-        path.stop()
-        backend.stop()
-        peers.shutil.rmtree(tmp, ignore_errors=True)
+    done = max(rate.connections, 1)
+    return {name: (after[name] - before[name]) * 1000.0 / done for name in pids}, rate
 
 
 def main(argv=None):

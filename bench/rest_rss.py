@@ -19,7 +19,6 @@ venv's twistd, e.g. an older checkout's, to compare.
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,20 +32,12 @@ MiB = 1024.0  # /proc counts KiB
 
 
 def measure(twistd, settle):
-    """``{"server": (rss, pss), "client": (rss, pss)}`` in KiB, and the path."""
-    tmp = tempfile.mkdtemp(prefix="portmapper-rest-rss-")
-    backend, port = run.start_backend(tmp)
-    path = peers.Portmapper(port, twistd)
-    try:
-        path.start()
+    """``{"server": (rss, pss), "client": (rss, pss)}`` in KiB."""
+    with run.started_path("portmapper-rest-rss-", lambda port: peers.Portmapper(port, twistd)) as path:
         time.sleep(settle)
         server, client = (p.pid for p in path.processes)
         return {name: (peers.rss_kib([pid]), peers.pss_kib([pid]))
                 for name, pid in (("server", server), ("client", client))}
-    finally:
-        path.stop()
-        backend.stop()
-        peers.shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv=None):

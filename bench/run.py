@@ -20,6 +20,7 @@ Ctrl-C or SIGTERM.
 """
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -280,6 +281,25 @@ def start_backend(tmp):
         backend.stop()
         raise
     return backend, port
+
+
+@contextlib.contextmanager
+def started_path(prefix, make_path):
+    """
+    The path ``make_path(backend_port)`` started, on a backend of its own,
+    in a temporary directory named with ``prefix``; all stopped and removed
+    after.
+    """
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    backend, port = start_backend(tmp)
+    path = make_path(port)
+    try:
+        path.start()
+        yield path
+    finally:
+        path.stop()
+        backend.stop()
+        peers.shutil.rmtree(tmp, ignore_errors=True)
 
 
 def raise_nofile_limit(needed):
